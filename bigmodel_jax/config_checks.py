@@ -1,0 +1,74 @@
+"""Validation of a whole config before any compute: one clear sentence per problem."""
+
+from collections.abc import Iterable
+
+import ml_collections
+
+from bigmodel_jax import data, losses, models, optim
+from bigmodel_jax.errors import ConfigError
+from bigmodel_jax.models import common
+
+
+def _one_of(key: str, value, accepted: Iterable[str]) -> None:
+  accepted = list(accepted)
+  if value not in accepted:
+    raise ConfigError(f'config.{key}={value!r} is not accepted; use one of: {", ".join(accepted)}.')
+
+
+def _check(key: str, value, ok: bool, what: str) -> None:
+  if not ok:
+    raise ConfigError(f'config.{key}={value!r} is invalid: it must be {what}.')
+
+
+def _positive_int(key: str, value) -> None:
+  _check(key, value, isinstance(value, int) and value > 0, 'a positive integer')
+
+
+def _non_negative(key: str, value) -> None:
+  _check(key, value, value >= 0, '>= 0')
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError naming the first key whose value cannot work, and what is accepted."""
+  d = config.data
+  _one_of('data.name', d.name, data.DATASETS)
+  _one_of('data.source', d.source, data.SOURCES)
+  for key in ('validation_size', 'max_train_examples', 'max_eval_examples'):
+    _non_negative(f'data.{key}', d[key])
+
+  m = config.model
+  _one_of('model.name', m.name, models.MODELS)
+  _one_of('model.activation', m.activation, common.ACTIVATIONS)
+  _one_of('model.kernel_init', m.kernel_init, common.INITIALIZERS)
+  _check('model.hidden_sizes', m.hidden_sizes,
+         all(isinstance(w, int) and w > 0 for w in m.hidden_sizes), 'a tuple of positive integers')
+  _check('model.init_scale', m.init_scale, m.init_scale > 0, '> 0')
+  _check('model.dropout_rate', m.dropout_rate, 0 <= m.dropout_rate < 1, 'in [0, 1)')
+
+  _one_of('loss', config.loss, losses.LOSSES)
+
+  o = config.optimizer
+  _one_of('optimizer.name', o.name, optim.OPTIMIZERS)
+  _one_of('optimizer.schedule', o.schedule, optim.SCHEDULES)
+  _check('optimizer.learning_rate', o.learning_rate, o.learning_rate > 0, '> 0')
+  _non_negative('optimizer.warmup_epochs', o.warmup_epochs)
+  _non_negative('optimizer.end_learning_rate_factor', o.end_learning_rate_factor)
+  _check('optimizer.decay_every_epochs', o.decay_every_epochs, o.decay_every_epochs > 0, '> 0')
+  _check('optimizer.decay_factor', o.decay_factor, 0 < o.decay_factor <= 1, 'in (0, 1]')
+  _check('optimizer.momentum', o.momentum, 0 <= o.momentum < 1, 'in [0, 1)')
+  for key in ('b1', 'b2'):
+    _check(f'optimizer.{key}', o[key], 0 <= o[key] < 1, 'in [0, 1)')
+  _check('optimizer.eps', o.eps, o.eps > 0, '> 0')
+  _non_negative('optimizer.weight_decay', o.weight_decay)
+  _non_negative('optimizer.grad_clip_norm', o.grad_clip_norm)
+
+  for key in ('batch_size', 'eval_batch_size', 'steps_per_call', 'log_every_steps',
+              'checkpoint_max_to_keep'):
+    _positive_int(key, config[key])
+  if config.num_train_steps <= 0:
+    _check('num_epochs', config.num_epochs,
+           isinstance(config.num_epochs, int) and config.num_epochs > 0,
+           'a positive integer (or set num_train_steps > 0)')
+  for key in ('early_stopping_patience', 'early_stopping_min_delta', 'checkpoint_every_steps',
+              'profile_steps'):
+    _non_negative(key, config[key])

@@ -1,0 +1,17 @@
+"""Datasets: TFDS builders and the host-side input pipeline."""
+
+from bigmodel_jax.data.pipeline import (
+    DATASETS,
+    SOURCES,
+    Datasets,
+    Split,
+    epoch_permutation,
+    eval_batches,
+    load_datasets,
+    preprocess,
+    read_split,
+    train_chunks,
+)
+
+__all__ = ['DATASETS', 'SOURCES', 'Datasets', 'Split', 'epoch_permutation', 'eval_batches',
+           'load_datasets', 'preprocess', 'read_split', 'train_chunks']

@@ -1,0 +1,58 @@
+"""End-of-run report: WORKDIR/results.json and a loss/accuracy curve PNG."""
+
+import json
+import os
+from typing import Any
+
+from absl import logging
+
+RESULTS_FILE = 'results.json'
+CURVES_FILE = 'curves.png'
+
+
+def write_results(workdir: str, results: dict[str, Any]) -> str:
+  """Writes `results` as JSON atomically (a temp file then rename); returns the path."""
+  path = os.path.join(workdir, RESULTS_FILE)
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(results, f, indent=2, sort_keys=True)
+    f.write('\n')
+  os.replace(tmp, path)
+  return path
+
+
+def read_results(workdir: str) -> dict[str, Any] | None:
+  path = os.path.join(workdir, RESULTS_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def plot_curves(workdir: str, history: list[dict[str, Any]], title: str) -> str | None:
+  """Plots train/eval loss and eval accuracy per epoch to WORKDIR/curves.png."""
+  if not history:
+    return None
+  import matplotlib  # Late import: the library works without a display or plots.
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+
+  epochs = [h['epoch'] for h in history]
+  fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+  ax_loss.plot(epochs, [h['train_loss'] for h in history], 'o-', label='train')
+  ax_loss.plot(epochs, [h['eval_loss'] for h in history], 's-', label='eval')
+  ax_loss.set(xlabel='epoch', ylabel='loss', title='loss')
+  ax_loss.legend()
+  ax_acc.plot(epochs, [h['train_accuracy'] for h in history], 'o-', label='train')
+  ax_acc.plot(epochs, [h['eval_accuracy'] for h in history], 's-', label='eval')
+  ax_acc.set(xlabel='epoch', ylabel='accuracy', title='accuracy')
+  ax_acc.legend()
+  for ax in (ax_loss, ax_acc):
+    ax.grid(alpha=0.3)
+  fig.suptitle(title)
+  fig.tight_layout()
+  path = os.path.join(workdir, CURVES_FILE)
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  logging.info('Wrote %s', path)
+  return path

@@ -1,0 +1,72 @@
+"""Pure train and eval steps. The epoch loop that drives them lives in `loop.py`.
+
+Research code uses them under its own `jax.jit`:
+
+    step = jax.jit(train.train_step, donate_argnums=0)
+    state, metrics = step(state, batch)  # batch: {'image': [b, ...], 'label': [b]}
+"""
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from bigmodel_jax import losses
+from bigmodel_jax.train_state import TrainState
+
+LossFn = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], *,
+               loss_fn: LossFn = losses.cross_entropy) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimizer update on `batch`.
+
+  Args:
+    state: the training state.
+    batch: {'image': [batch, ...], 'label': [batch] int}.
+    loss_fn: per-example loss (logits, labels) -> [batch].
+
+  Returns:
+    (new state, {'loss': scalar, 'accuracy': scalar}) for this batch, before the update.
+  """
+  dropout_key = jax.random.fold_in(state.rng, state.step)
+
+  def loss_of(params):
+    logits = state.apply_fn({'params': params}, batch['image'], train=True,
+                            rngs={'dropout': dropout_key})
+    return jnp.mean(loss_fn(logits, batch['label'])), logits
+
+  (loss, logits), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+  updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+  new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                            opt_state=opt_state)
+  return new_state, {'loss': loss, 'accuracy': jnp.mean(losses.correct(logits, batch['label']))}
+
+
+def train_steps(state: TrainState, batches: dict[str, jax.Array], *,
+                loss_fn: LossFn = losses.cross_entropy) -> tuple[TrainState, dict[str, jax.Array]]:
+  """`train_step` over a stack of batches ({'image': [k, batch, ...], 'label': [k, batch]}).
+
+  One compiled call runs k steps with `lax.scan`, which removes k-1 dispatches from the Python
+  loop. Returns the final state and per-step metrics [k].
+  """
+  def body(carry, batch):
+    return train_step(carry, batch, loss_fn=loss_fn)
+  return jax.lax.scan(body, state, batches)
+
+
+def eval_step(state: TrainState, batch: dict[str, jax.Array], *,
+              loss_fn: LossFn = losses.cross_entropy) -> dict[str, jax.Array]:
+  """Sums over a batch; padded examples carry batch['mask'] == 0 and count for nothing.
+
+  Returns:
+    {'loss_sum', 'correct_sum', 'count'}: divide the first two by 'count' after summing batches.
+  """
+  logits = state.apply_fn({'params': state.params}, batch['image'], train=False)
+  mask = batch.get('mask', jnp.ones(batch['label'].shape, jnp.float32))
+  return {
+      'loss_sum': jnp.sum(loss_fn(logits, batch['label']) * mask),
+      'correct_sum': jnp.sum(losses.correct(logits, batch['label']) * mask),
+      'count': jnp.sum(mask),
+  }

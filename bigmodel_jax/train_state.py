@@ -1,0 +1,62 @@
+"""The training state: everything a step reads and writes, as one pytree."""
+
+from collections.abc import Callable
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Params, optimizer state, step and base RNG key; `apply_fn` and `tx` are static.
+
+  Attributes:
+    step: number of optimizer updates done so far (int32 scalar).
+    params: the model's parameters.
+    opt_state: the optimizer's state for `params`.
+    rng: base PRNG key (uint32 [2]); step s uses `jax.random.fold_in(rng, s)`, so a resumed
+      run draws exactly the keys an uninterrupted one would.
+    apply_fn: the model's `apply`.
+    tx: the optax transformation.
+  """
+  step: jax.Array
+  params: Any
+  opt_state: optax.OptState
+  rng: jax.Array
+  apply_fn: Callable[..., Any] = flax.struct.field(pytree_node=False)
+  tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+
+  def arrays(self) -> dict[str, Any]:
+    """The pytree that checkpoints hold (no functions)."""
+    return {'step': self.step, 'params': self.params, 'opt_state': self.opt_state,
+            'rng': self.rng}
+
+  def replace_arrays(self, arrays: dict[str, Any]) -> 'TrainState':
+    """This state with the arrays of `arrays()`'s layout put back."""
+    return self.replace(**arrays)
+
+
+def create_train_state(seed: int, *, model: nn.Module, tx: optax.GradientTransformation,
+                       input_shape: tuple[int, ...]) -> TrainState:
+  """Initialises params from `seed` (a pure function: wrap it in `jax.eval_shape` or `jax.jit`).
+
+  Args:
+    seed: integer seed; params use one fold of it, dropout keys another.
+    model: a Flax module taking inputs [batch, *input_shape].
+    tx: the optimizer.
+    input_shape: shape of one example, e.g. (28, 28, 1).
+  """
+  root = jax.random.PRNGKey(seed)
+  params_key, dropout_key = jax.random.split(root)
+  params = model.init(params_key, jnp.zeros((1, *input_shape), jnp.float32))['params']
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                    rng=dropout_key, apply_fn=model.apply, tx=tx)
+
+
+def param_count(params: Any) -> int:
+  """Total number of parameters in a pytree."""
+  return sum(int(x.size) for x in jax.tree.leaves(params))

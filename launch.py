@@ -1,0 +1,35 @@
+"""Launches a run: `python launch.py --config=configs/fashion_mnist_mlp.py --workdir=runs/fmnist`.
+
+Kept short on purpose: it parses flags and hands the config to the library. Override any config
+value from the command line, e.g. `--config.optimizer.learning_rate=3e-4 --config.num_epochs=2`.
+"""
+
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from bigmodel_jax import errors, loop
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('workdir', None, 'Folder for checkpoints, logs and results; re-use to resume.')
+config_flags.DEFINE_config_file('config', None, 'Path to a config file (configs/*.py).',
+                                lock_config=True)
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  try:
+    loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except (errors.ConfigError, errors.DataError, errors.CheckpointMismatchError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  except errors.NonFiniteLossError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(3)
+
+
+if __name__ == '__main__':
+  app.run(main)

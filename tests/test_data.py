@@ -1,0 +1,137 @@
+import gzip
+import os
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from bigmodel_jax import data
+from bigmodel_jax.data import idx
+from bigmodel_jax.errors import DataError
+from configs import default
+from tests.conftest import make_images
+
+
+def _data_config(idx_dir, tfds_dir, **overrides):
+  config = default.get_config().data
+  config.idx_dir, config.tfds_data_dir = idx_dir, tfds_dir
+  for key, value in overrides.items():
+    config[key] = value
+  return config
+
+
+def test_idx_round_trip_gzipped_and_plain(tmp_path):
+  images, labels = make_images(7, seed=0)
+  for suffix in ('.gz', ''):
+    idx.write_idx(str(tmp_path / f'i{suffix}'), images)
+    idx.write_idx(str(tmp_path / f'l{suffix}'), labels)
+    got_images, got_labels = idx.read_pair(str(tmp_path / f'i{suffix}'),
+                                           str(tmp_path / f'l{suffix}'))
+    np.testing.assert_array_equal(got_images, images)
+    np.testing.assert_array_equal(got_labels, labels)
+
+
+def test_idx_rejects_bad_magic_and_truncation(tmp_path):
+  path = str(tmp_path / 'x.gz')
+  with gzip.open(path, 'wb') as f:
+    f.write(b'\x00\x00\x08\x01' + (5).to_bytes(4, 'big') + b'\x01\x02')
+  with pytest.raises(DataError, match='magic number 2051'):
+    idx.read_idx(path, idx.IMAGES_MAGIC)
+  with pytest.raises(DataError, match='declares shape'):
+    idx.read_idx(path, idx.LABELS_MAGIC)
+
+
+def test_missing_files_say_what_to_do(tmp_path):
+  with pytest.raises(DataError, match='dataset-fashion-mnist'):
+    idx.split_paths(str(tmp_path), 'train')
+
+
+def test_missing_idx_folder_is_a_clear_error(tmp_path):
+  config = _data_config(str(tmp_path / 'nope'), str(tmp_path / 'tfds'))
+  with pytest.raises(DataError, match='config.data.idx_dir'):
+    data.load_datasets(config)
+
+
+def test_builder_prepares_and_loads_the_generated_set(idx_dir, tfds_dir):
+  datasets = data.load_datasets(_data_config(idx_dir, tfds_dir))
+  assert datasets.train.images.shape == (600, 28, 28, 1)
+  assert datasets.train.images.dtype == np.float32
+  assert datasets.eval.labels.shape == (200,) and datasets.eval.labels.dtype == np.int32
+  assert datasets.test is None and datasets.num_classes == 10
+  # Normalised with the train set's statistics.
+  assert abs(datasets.train.images.mean()) < 1e-4
+  assert datasets.train.images.std() == pytest.approx(1.0, rel=1e-3)
+  # Same examples as the files, in some order (TFDS orders by key hash).
+  images, labels = make_images(600, seed=1)
+  assert np.bincount(datasets.train.labels, minlength=10).tolist() == np.bincount(
+      labels, minlength=10).tolist()
+  raw = np.round((datasets.train.images * datasets.std + datasets.mean) * 255).astype(np.uint8)
+  assert sorted(map(bytes, raw[..., 0])) == sorted(map(bytes, images))
+
+
+def test_scaling_without_normalisation(idx_dir, tfds_dir):
+  datasets = data.load_datasets(_data_config(idx_dir, tfds_dir, normalize=False))
+  assert datasets.train.images.min() >= 0 and datasets.train.images.max() <= 1
+  assert (datasets.mean, datasets.std) == (0.0, 1.0)
+
+
+def test_validation_holdout_and_limits(idx_dir, tfds_dir):
+  datasets = data.load_datasets(_data_config(idx_dir, tfds_dir, validation_size=100,
+                                             max_eval_examples=50))
+  assert len(datasets.train) == 500 and len(datasets.eval) == 50 and len(datasets.test) == 200
+  with pytest.raises(DataError, match='validation_size'):
+    data.load_datasets(_data_config(idx_dir, tfds_dir, validation_size=600))
+
+
+def test_tfds_catalog_source_with_mock_data(tmp_path):
+  config = _data_config('', str(tmp_path), source='tfds', name='mnist')
+  with tfds.testing.mock_data(num_examples=40):
+    datasets = data.load_datasets(config)
+  assert datasets.train.images.shape == (40, 28, 28, 1)
+  assert set(np.unique(datasets.train.labels)) <= set(range(10))
+
+
+def test_epoch_permutation_is_a_function_of_seed_and_epoch():
+  a = data.epoch_permutation(100, seed=0, epoch=3, shuffle=True)
+  np.testing.assert_array_equal(a, data.epoch_permutation(100, seed=0, epoch=3, shuffle=True))
+  assert not np.array_equal(a, data.epoch_permutation(100, seed=0, epoch=4, shuffle=True))
+  assert not np.array_equal(a, data.epoch_permutation(100, seed=1, epoch=3, shuffle=True))
+  assert sorted(a) == list(range(100))
+  np.testing.assert_array_equal(data.epoch_permutation(5, seed=0, epoch=0, shuffle=False),
+                                np.arange(5))
+
+
+def _split(n):
+  return data.Split(np.arange(n, dtype=np.float32).reshape(n, 1, 1, 1),
+                    np.arange(n, dtype=np.int32))
+
+
+def test_train_chunks_cover_an_epoch_and_resume_on_the_same_boundaries():
+  split = _split(103)
+  kwargs = dict(batch_size=10, steps_per_call=4, seed=0, epoch=1, shuffle=True)
+  chunks = list(data.train_chunks(split, **kwargs))
+  assert [s for s, _ in chunks] == [0, 4, 8]
+  assert [c['label'].shape for _, c in chunks] == [(4, 10), (4, 10), (2, 10)]
+  seen = np.concatenate([c['label'].ravel() for _, c in chunks])
+  assert len(set(seen)) == 100  # 10 full batches, the last 3 examples dropped.
+  np.testing.assert_array_equal(chunks[0][1]['image'][..., 0, 0, 0], chunks[0][1]['label'])
+  resumed = list(data.train_chunks(split, start_step=4, **kwargs))
+  assert [s for s, _ in resumed] == [4, 8]
+  np.testing.assert_array_equal(resumed[0][1]['label'], chunks[1][1]['label'])
+
+
+def test_eval_batches_pad_and_mask_every_example_once():
+  batches = list(data.eval_batches(_split(25), batch_size=10))
+  assert [b['label'].shape for b in batches] == [(10,)] * 3
+  mask = np.concatenate([b['mask'] for b in batches])
+  labels = np.concatenate([b['label'] for b in batches])
+  assert mask.sum() == 25
+  np.testing.assert_array_equal(labels[mask == 1], np.arange(25))
+
+
+@pytest.mark.skipif(not os.path.isdir('/usr/share/datasets/fashion-mnist'),
+                    reason='Debian package dataset-fashion-mnist not installed')
+def test_real_fashion_mnist_files_parse():
+  images, labels = idx.read_pair(*idx.split_paths('/usr/share/datasets/fashion-mnist', 'test'))
+  assert images.shape == (10000, 28, 28)
+  assert np.bincount(labels).tolist() == [1000] * 10
