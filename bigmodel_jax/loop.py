@@ -165,6 +165,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                + (f'; resuming at step {step}' if step else ''))
   writer = metrics.MetricWriter(os.path.join(workdir, 'tensorboard'))
   compile_step = _StepCompiler(loss_fn, config.batch_size)
+  learning_rate = jax.jit(schedule)  # Compiled once here, not eagerly op by op inside epoch 1.
+  learning_rate(step)
   profile_dir, profiled_steps = os.path.join(workdir, 'profile'), None
 
   def save(state):
@@ -230,7 +232,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           writer.write_scalars(step, {
               'train/loss': log_sums['loss'] / log_sums['steps'],
               'train/accuracy': log_sums['accuracy'] / log_sums['steps'],
-              'train/learning_rate': float(schedule(step)),
+              'train/learning_rate': float(learning_rate(step)),
               'perf/examples_per_s': rate,
               'perf/step_time_ms': 1e3 * elapsed / steps_this_session,
           })
@@ -251,7 +253,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           'train_accuracy': sums['accuracy'] / sums['steps'],
           'eval_loss': evaluation['loss'], 'eval_accuracy': evaluation['accuracy'],
           'examples_per_s': steps_this_session * config.batch_size / train_seconds,
-          'learning_rate': float(schedule(step)),
+          'learning_rate': float(learning_rate(step)),
       }
       improved = (meta['best_eval_loss'] is None or
                   record['eval_loss'] < meta['best_eval_loss'] - config.early_stopping_min_delta)
