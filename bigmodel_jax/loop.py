@@ -7,6 +7,7 @@ and compiled chunks of steps start at the same boundaries.
 """
 
 import datetime
+import fcntl
 import functools
 import os
 import time
@@ -82,6 +83,20 @@ def _trim(chunk: dict[str, np.ndarray], steps: int) -> dict[str, np.ndarray]:
   return {k: v[:steps] for k, v in chunk.items()}
 
 
+def _lock_workdir(workdir: str):
+  """An exclusive lock on WORKDIR/.lock (released when the process ends, even by kill -9)."""
+  if jax.process_index() != 0:
+    return None
+  handle = open(os.path.join(workdir, '.lock'), 'w')
+  try:
+    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    handle.close()
+    raise ConfigError(f'Another run is using --workdir={workdir}: wait for it to finish, or use '
+                      'a new workdir.') from None
+  return handle
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains and evaluates the configured model in `workdir`, resuming if it holds a checkpoint.
 
@@ -92,6 +107,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   config_checks.validate_config(config)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
+  lock = _lock_workdir(workdir)  # noqa: F841  (held until this function returns)
   console = metrics.Console()
 
   datasets = data.load_datasets(config.data)
@@ -120,6 +136,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     arrays, meta = ckpt.restore(latest, abstract.arrays())
     state = abstract.replace_arrays(arrays)
   step = int(meta['step'])
+  if 'data_position' in meta and meta['data_position'] != {
+      'epoch': step // steps_per_epoch, 'step_in_epoch': step % steps_per_epoch}:
+    raise ConfigError(
+        f'The checkpoint at step {step} was written with another epoch length '
+        f'(data position {meta["data_position"]}); config.batch_size or the data limits changed: '
+        'restore them or use a new --workdir.')
   num_params = train_state.param_count(state.params)
 
   def build_results() -> dict[str, Any]:
@@ -173,6 +195,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     meta['wall_time_s'] += time.monotonic() - session_clock[0]
     session_clock[0] = time.monotonic()
     meta['compile_time_s'] = compile_base + compile_step.seconds
+    # Where the input pipeline stands; a resume recomputes it from the step and checks it.
+    meta['data_position'] = {'epoch': step // steps_per_epoch,
+                             'step_in_epoch': step % steps_per_epoch}
     ckpt.save(step, state.arrays(), meta)
 
   session_clock = [session_start]

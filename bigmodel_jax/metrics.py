@@ -4,7 +4,6 @@ import sys
 import time
 
 import jax
-from absl import logging
 
 
 class MetricWriter:
@@ -60,7 +59,6 @@ class Console:
     self._last = 0.0
 
   def line(self, text: str) -> None:
-    logging.info(text)
     if self._enabled:
       print(('\r\033[K' if self._tty else '') + text, flush=True)
 

@@ -135,3 +135,29 @@ def test_real_fashion_mnist_files_parse():
   images, labels = idx.read_pair(*idx.split_paths('/usr/share/datasets/fashion-mnist', 'test'))
   assert images.shape == (10000, 28, 28)
   assert np.bincount(labels).tolist() == [1000] * 10
+
+
+class _FakeDownloadManager:
+  """Stands in for TFDS's download manager: 'downloads' from a local folder of IDX files."""
+
+  def __init__(self, folder):
+    self.manual_dir = None
+    self.folder = folder
+    self.urls = []
+
+  def download(self, urls):
+    self.urls.extend(urls.values())
+    return {key: os.path.join(self.folder, url.rsplit('/', 1)[1]) for key, url in urls.items()}
+
+
+def test_builder_download_path_fetches_the_registered_urls(idx_dir, tmp_path):
+  from bigmodel_jax.data import idx_builder
+  builder = idx_builder.IdxImages(config='mnist', data_dir=str(tmp_path))
+  manager = _FakeDownloadManager(idx_dir)
+  generators = builder._split_generators(manager)
+  assert len(manager.urls) == 4
+  assert set(manager.urls) <= set(builder.url_infos)  # Each URL has a registered checksum.
+  assert all(url.startswith('https://storage.googleapis.com/cvdf-datasets/mnist/')
+             for url in manager.urls)
+  examples = list(generators['test'])
+  assert len(examples) == 200 and examples[0][1]['image'].shape == (28, 28)

@@ -141,3 +141,23 @@ def test_profile_is_written(tiny_config, tmp_path):
   loop.train_and_evaluate(tiny_config, workdir)
   found = [f for _, _, files in os.walk(os.path.join(workdir, 'profile')) for f in files]
   assert any(f.endswith('.xplane.pb') for f in found)
+
+
+def test_a_changed_epoch_length_is_refused(tiny_config, tmp_path):
+  workdir = str(tmp_path / 'run')
+  tiny_config.num_epochs = 1
+  loop.train_and_evaluate(tiny_config, workdir)
+  tiny_config.num_epochs, tiny_config.batch_size = 2, 32
+  with pytest.raises(ConfigError, match='another epoch length'):
+    loop.train_and_evaluate(tiny_config, workdir)
+
+
+def test_two_runs_cannot_share_a_workdir(tiny_config, tmp_path):
+  workdir = tmp_path / 'run'
+  workdir.mkdir()
+  held = loop._lock_workdir(str(workdir))
+  with pytest.raises(ConfigError, match='Another run is using'):
+    loop.train_and_evaluate(tiny_config, str(workdir))
+  held.close()
+  tiny_config.num_train_steps = 2
+  assert loop.train_and_evaluate(tiny_config, str(workdir))['steps'] == 2
