@@ -5,7 +5,7 @@
 Same model, loss, Adam, batch 64 and 10 epochs as configs/mnist_mlp.py, plus input
 normalisation and a warm-up + cosine learning-rate schedule. Reads the local IDX files of
 Debian's `dataset-fashion-mnist` package (no network).
-Expected (measured, see README): ~89.5% test accuracy in about a minute on 2 CPU cores.
+Expected (measured, see README): 90.15% test accuracy (seed 0) in about 25 s on 2 CPU cores.
 """
 
 from configs import default
