@@ -9,7 +9,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from bigmodel_jax import errors, loop
+from bigmodel_jax import compress, errors, loop
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Folder for checkpoints, logs and results; re-use to resume.')
@@ -22,7 +22,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   try:
-    loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    if FLAGS.config.prune.enabled:
+      compress.run(FLAGS.config, FLAGS.workdir)
+    else:
+      loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except (errors.ConfigError, errors.DataError, errors.CheckpointMismatchError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)

@@ -6,6 +6,7 @@ continue exactly. Restoring reads arrays and JSON only; nothing in a checkpoint 
 """
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -27,13 +28,19 @@ class Checkpointer:
     directory: where step folders go (made absolute: Orbax needs that).
     max_to_keep: keep only the newest N steps.
     async_save: write in a background thread while training continues.
+    keep_steps: steps never deleted, whatever max_to_keep says (e.g. a rewind point).
   """
 
-  def __init__(self, directory: str, *, max_to_keep: int = 3, async_save: bool = True):
+  def __init__(self, directory: str, *, max_to_keep: int = 3, async_save: bool = True,
+               keep_steps: Sequence[int] = ()):
     self.directory = os.path.abspath(directory)
+    policy = ocp.checkpoint_managers.LatestN(max_to_keep)
+    if keep_steps:
+      policy = ocp.checkpoint_managers.AnyPreservationPolicy(
+          [policy, ocp.checkpoint_managers.CustomSteps(list(keep_steps))])
     self._manager = ocp.CheckpointManager(
         self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
+        options=ocp.CheckpointManagerOptions(preservation_policy=policy,
                                              enable_async_checkpointing=async_save, create=True),
         # Handlers named up front so that a fresh process can read item metadata before restoring.
         item_handlers={'state': ocp.StandardCheckpointHandler(),
@@ -42,6 +49,9 @@ class Checkpointer:
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self._manager.all_steps())
 
   def save(self, step: int, state_arrays: Any, meta: dict[str, Any]) -> None:
     """Saves (asynchronously if configured); a step already on disk is left as it is."""

@@ -11,6 +11,7 @@ import fcntl
 import functools
 import os
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -26,6 +27,7 @@ from bigmodel_jax import (
   metrics,
   models,
   optim,
+  pruning,
   report,
   train,
   train_state,
@@ -51,8 +53,9 @@ def evaluate(eval_fn, state: train_state.TrainState, split: data.Split,
 class _StepCompiler:
   """Compiles the chunked train step ahead of time, once per chunk length, and logs its cost."""
 
-  def __init__(self, loss_fn, batch_size: int):
-    self._jitted = jax.jit(functools.partial(train.train_steps, loss_fn=loss_fn),
+  def __init__(self, loss_fn, batch_size: int, before_step=None):
+    self._jitted = jax.jit(functools.partial(train.train_steps, loss_fn=loss_fn,
+                                             before_step=before_step),
                            donate_argnums=0)
     self._compiled = {}
     self._batch_size = batch_size
@@ -97,8 +100,28 @@ def _lock_workdir(workdir: str):
   return handle
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       masked: bool = False,
+                       initial_state: Callable[[train_state.TrainState],
+                                               train_state.TrainState] | None = None,
+                       before_step: train.StateHook | None = None,
+                       prunable: Any = None, keep_steps: Sequence[int] = (),
+                       log_prefix: str = '') -> dict[str, Any]:
   """Trains and evaluates the configured model in `workdir`, resuming if it holds a checkpoint.
+
+  The keyword arguments are how the pruning workflow (`compress.py`) reuses this loop:
+
+  Args:
+    config: the run's config (validated here).
+    workdir: where checkpoints, TensorBoard files and results.json go.
+    masked: train a pruned model: the state carries masks (saved in every checkpoint) and the
+      optimizer is wrapped in `pruning.masked`, so pruned weights stay exactly zero.
+    initial_state: maps the freshly initialised state to the starting state (e.g. pruned params,
+      masks and zeroed moments); used only when `workdir` has no checkpoint yet.
+    before_step: hook run inside the compiled step (gradual pruning).
+    prunable: tree of bools; with masks, results report the sparsity over these leaves.
+    keep_steps: checkpoint steps never deleted (e.g. an epoch to rewind to).
+    log_prefix: put before every console line (which phase of a sweep is talking).
 
   Returns:
     The results written to WORKDIR/results.json.
@@ -108,7 +131,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   lock = _lock_workdir(workdir)  # noqa: F841  (held until this function returns)
-  console = metrics.Console()
+  console = metrics.Console(prefix=log_prefix)
 
   datasets = data.load_datasets(config.data)
   n_train = len(datasets.train)
@@ -122,15 +145,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   model = models.create_model(config.model, datasets.num_classes)
   tx, schedule = optim.create_optimizer(config.optimizer, steps_per_epoch, total_steps)
+  if masked:
+    # Masking the updates keeps pruned weights at zero; the gradients need masking too only
+    # when the optimizer looks across entries (global-norm clipping), and it costs a pass.
+    tx = pruning.masked(tx, mask_gradients=config.optimizer.grad_clip_norm > 0)
   loss_fn = losses.LOSSES[config.loss]
   init = functools.partial(train_state.create_train_state, model=model, tx=tx,
-                           input_shape=datasets.train.images.shape[1:])
+                           input_shape=datasets.train.images.shape[1:], masked=masked)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'),
                                  max_to_keep=config.checkpoint_max_to_keep,
-                                 async_save=config.checkpoint_async)
+                                 async_save=config.checkpoint_async, keep_steps=keep_steps)
   latest = ckpt.latest_step()
   if latest is None:
     state, meta = jax.jit(init)(config.seed), _fresh_meta()
+    if initial_state is not None:
+      state = initial_state(state)
   else:
     abstract = jax.eval_shape(init, config.seed)
     arrays, meta = ckpt.restore(latest, abstract.arrays())
@@ -165,6 +194,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         'finished_at': datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds'),
         'history': history,
     }
+    if state.masks is not None:
+      stats = pruning.sparsity_stats(state.params, state.masks, prunable)
+      results['sparsity'] = stats['sparsity']
+      results['sparsity_stats'] = stats
     if datasets.test is not None:
       test = evaluate(eval_fn, state, datasets.test, config.eval_batch_size)
       results.update(test_loss=test['loss'], test_accuracy=test['accuracy'])
@@ -186,7 +219,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                f'{num_epochs} epochs, {jax.device_count()} {jax.default_backend()} device(s)'
                + (f'; resuming at step {step}' if step else ''))
   writer = metrics.MetricWriter(os.path.join(workdir, 'tensorboard'))
-  compile_step = _StepCompiler(loss_fn, config.batch_size)
+  compile_step = _StepCompiler(loss_fn, config.batch_size, before_step)
   learning_rate = jax.jit(schedule)  # Compiled once here, not eagerly op by op inside epoch 1.
   learning_rate(step)
   profile_dir, profiled_steps = os.path.join(workdir, 'profile'), None

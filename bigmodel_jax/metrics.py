@@ -52,19 +52,21 @@ class Console:
   `every_seconds`. Only process 0 prints.
   """
 
-  def __init__(self, every_seconds: float = 10.0):
+  def __init__(self, every_seconds: float = 10.0, prefix: str = ''):
     self._enabled = jax.process_index() == 0
+    self._prefix = prefix
     self._tty = sys.stdout.isatty()
     self._every = every_seconds
     self._last = 0.0
 
   def line(self, text: str) -> None:
     if self._enabled:
-      print(('\r\033[K' if self._tty else '') + text, flush=True)
+      print(('\r\033[K' if self._tty else '') + self._prefix + text, flush=True)
 
   def progress(self, text: str) -> None:
     now = time.monotonic()
     if not self._enabled or (not self._tty and now - self._last < self._every):
       return
     self._last = now
+    text = self._prefix + text
     print(('\r\033[K' + text) if self._tty else text, end='' if self._tty else '\n', flush=True)

@@ -16,20 +16,28 @@ from bigmodel_jax import losses
 from bigmodel_jax.train_state import TrainState
 
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]
+# state -> state, run at the start of every step (e.g. gradual pruning recomputing the masks).
+StateHook = Callable[[TrainState], TrainState]
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *,
-               loss_fn: LossFn = losses.cross_entropy) -> tuple[TrainState, dict[str, jax.Array]]:
+               loss_fn: LossFn = losses.cross_entropy,
+               before_step: StateHook | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer update on `batch`.
 
   Args:
-    state: the training state.
+    state: the training state. With `state.masks` set, the masks go to the optimizer
+      (`tx.update(..., masks=...)`), which keeps pruned weights at zero.
     batch: {'image': [batch, ...], 'label': [batch] int}.
     loss_fn: per-example loss (logits, labels) -> [batch].
+    before_step: optional pure function applied to the state first (gradual pruning uses it to
+      update masks on schedule inside the compiled step).
 
   Returns:
     (new state, {'loss': scalar, 'accuracy': scalar}) for this batch, before the update.
   """
+  if before_step is not None:
+    state = before_step(state)
   dropout_key = jax.random.fold_in(state.rng, state.step)
 
   def loss_of(params):
@@ -38,21 +46,23 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *,
     return jnp.mean(loss_fn(logits, batch['label'])), logits
 
   (loss, logits), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
-  updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+  extra = {} if state.masks is None else {'masks': state.masks}
+  updates, opt_state = state.tx.update(grads, state.opt_state, state.params, **extra)
   new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                             opt_state=opt_state)
   return new_state, {'loss': loss, 'accuracy': jnp.mean(losses.correct(logits, batch['label']))}
 
 
 def train_steps(state: TrainState, batches: dict[str, jax.Array], *,
-                loss_fn: LossFn = losses.cross_entropy) -> tuple[TrainState, dict[str, jax.Array]]:
+                loss_fn: LossFn = losses.cross_entropy,
+                before_step: StateHook | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
   """`train_step` over a stack of batches ({'image': [k, batch, ...], 'label': [k, batch]}).
 
   One compiled call runs k steps with `lax.scan`, which removes k-1 dispatches from the Python
   loop. Returns the final state and per-step metrics [k].
   """
   def body(carry, batch):
-    return train_step(carry, batch, loss_fn=loss_fn)
+    return train_step(carry, batch, loss_fn=loss_fn, before_step=before_step)
   return jax.lax.scan(body, state, batches)
 
 

@@ -20,6 +20,8 @@ class TrainState:
     opt_state: the optimizer's state for `params`.
     rng: base PRNG key (uint32 [2]); step s uses `jax.random.fold_in(rng, s)`, so a resumed
       run draws exactly the keys an uninterrupted one would.
+    masks: None for a dense model; for a pruned one a bool tree like `params` (True = keep),
+      passed to the optimizer, which must then be `pruning.masked(...)`.
     apply_fn: the model's `apply`.
     tx: the optax transformation.
   """
@@ -27,13 +29,17 @@ class TrainState:
   params: Any
   opt_state: optax.OptState
   rng: jax.Array
+  masks: Any
   apply_fn: Callable[..., Any] = flax.struct.field(pytree_node=False)
   tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
 
   def arrays(self) -> dict[str, Any]:
     """The pytree that checkpoints hold (no functions)."""
-    return {'step': self.step, 'params': self.params, 'opt_state': self.opt_state,
-            'rng': self.rng}
+    arrays = {'step': self.step, 'params': self.params, 'opt_state': self.opt_state,
+              'rng': self.rng}
+    if self.masks is not None:
+      arrays['masks'] = self.masks
+    return arrays
 
   def replace_arrays(self, arrays: dict[str, Any]) -> 'TrainState':
     """This state with the arrays of `arrays()`'s layout put back."""
@@ -41,7 +47,7 @@ class TrainState:
 
 
 def create_train_state(seed: int, *, model: nn.Module, tx: optax.GradientTransformation,
-                       input_shape: tuple[int, ...]) -> TrainState:
+                       input_shape: tuple[int, ...], masked: bool = False) -> TrainState:
   """Initialises params from `seed` (a pure function: wrap it in `jax.eval_shape` or `jax.jit`).
 
   Args:
@@ -49,12 +55,14 @@ def create_train_state(seed: int, *, model: nn.Module, tx: optax.GradientTransfo
     model: a Flax module taking inputs [batch, *input_shape].
     tx: the optimizer.
     input_shape: shape of one example, e.g. (28, 28, 1).
+    masked: give the state all-True masks (a pruned model to be; `tx` must accept masks).
   """
   root = jax.random.PRNGKey(seed)
   params_key, dropout_key = jax.random.split(root)
   params = model.init(params_key, jnp.zeros((1, *input_shape), jnp.float32))['params']
+  masks = jax.tree.map(lambda x: jnp.ones(x.shape, jnp.bool_), params) if masked else None
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                    rng=dropout_key, apply_fn=model.apply, tx=tx)
+                    rng=dropout_key, masks=masks, apply_fn=model.apply, tx=tx)
 
 
 def param_count(params: Any) -> int:

@@ -77,4 +77,30 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint_async = True  # Write checkpoints in the background while training goes on.
   config.profile_steps = 0  # >0: jax.profiler trace of about this many steps, in WORKDIR/profile.
   config.write_plot = True  # Write WORKDIR/curves.png at the end.
+
+  # --- Pruning (bigmodel_jax/compress.py; off unless enabled) -----------------
+  config.prune = prune = ml_collections.ConfigDict()
+  prune.enabled = False  # True: launch.py runs dense -> prune -> retrain instead of plain training.
+  # What to prune, '<score>/<kind>' each: score magnitude | saliency | sensitivity | random;
+  # kind global | layerwise (unstructured), neuron (whole hidden units, then physically removed)
+  # or N:M such as 2:4 (N kept of every M along the input dimension; ignores `sparsities`).
+  prune.variants = ('magnitude/global',)
+  prune.sparsities = (0.9,)  # Fraction of prunable weights removed (neuron: of hidden units); a list sweeps.
+  prune.schedule = 'one_shot'  # one_shot | iterative (`rounds` prune-retrain rounds) | gradual (Zhu & Gupta).
+  prune.include = ('*kernel',)  # Glob patterns of prunable leaves, e.g. 'Dense_[01]/kernel'.
+  prune.exclude = ()  # Glob patterns removed from `include` (biases and norms are never matched by default).
+  prune.overrides = ''  # Per-layer sparsities, 'PATTERN=S,PATTERN=S' (e.g. 'Dense_2/kernel=0.5').
+  prune.score_batches = 8  # Training batches that saliency / sensitivity scores average over.
+  prune.score_batch_size = 128  # Examples per scoring batch.
+  prune.retrain_epochs = 3  # Masked retraining epochs after each pruning (gradual: the whole phase).
+  prune.retrain_learning_rate = 3e-4  # Peak LR of retraining (fresh optimizer, optimizer.schedule).
+  prune.retrain_warmup_epochs = 0.0  # Warm-up of the retraining schedule (warmup_cosine).
+  prune.rounds = 3  # iterative: rounds, each removing the same fraction of the remaining weights.
+  prune.rewind_epoch = -1  # iterative: -1 keep trained weights; 0 rewind kept weights to init; k to dense epoch k.
+  prune.gradual_begin_epoch = 0.0  # gradual: epoch of the retraining phase where pruning starts.
+  prune.gradual_end_epoch = 2.0  # gradual: epoch where the final sparsity is reached.
+  prune.gradual_every_steps = 100  # gradual: steps between mask updates.
+  prune.dense_dir = ''  # A finished dense workdir to start from; '' = train one in WORKDIR/dense.
+  prune.export_formats = ('none', 'int8')  # Compact exports: 'none' = bitmask + float32, 'int8'.
+  prune.measure_latency = True  # neuron variants: time dense vs shrunk model at batch 1 and 256.
   return config

@@ -1,0 +1,126 @@
+"""Costs of pruning machinery on the seed MLP (batch 64, Adam), on this machine's CPU.
+
+    .venv/bin/python bench/prune_overhead.py [--repeats 7]
+
+Measures, each as the median over `repeats` timed blocks of 900 steps (100-step compiled calls on
+resident data, as `jax_bare` in mlp_throughput.py):
+  dense      the plain train step
+  masked     the same with fixed masks through `pruning.masked(adam)` (masks in the state);
+             also with mask_gradients=False (only the updates masked)
+  gradual    masked + the Zhu & Gupta hook recomputing global magnitude masks every 100 steps
+and the time of one global mask selection over the 535k weights: our bisection (no sort) vs a
+full sort for the threshold. Prints a markdown table and writes bench/out/prune_overhead.json.
+Nothing here asserts a speed.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+from bigmodel_jax import models, pruning, train, train_state  # noqa: E402
+from bigmodel_jax.pruning import gradual  # noqa: E402
+
+
+def _state(masked: bool, mask_gradients: bool = True):
+  model = models.MLP()
+  tx = optax.adam(1e-3)
+  tx = pruning.masked(tx, mask_gradients=mask_gradients) if masked else tx
+  state = jax.jit(lambda: train_state.create_train_state(
+      0, model=model, tx=tx, input_shape=(784,), masked=masked))()
+  if masked:
+    prunable = pruning.prunable_tree(state.params)
+    masks = pruning.masks_from_scores(pruning.magnitude(state.params), 0.9, prunable=prunable)
+    state = state.replace(params=pruning.apply_masks(state.params, masks), masks=masks)
+  return state
+
+
+def _time_steps(state, hook, repeats: int) -> float:
+  rng = np.random.default_rng(0)
+  chunk = jax.device_put({'image': rng.normal(size=(100, 64, 784)).astype(np.float32),
+                          'label': rng.integers(0, 10, (100, 64)).astype(np.int32)})
+  step = jax.jit(lambda s, c: train.train_steps(s, c, before_step=hook), donate_argnums=0)
+  state, metrics = step(state, chunk)
+  jax.block_until_ready(metrics)
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    for _ in range(9):
+      state, metrics = step(state, chunk)
+    jax.block_until_ready(metrics)
+    times.append((time.perf_counter() - start) / 900)
+  return statistics.median(times) * 1e3
+
+
+def _selection_ms(repeats: int) -> tuple[float, float]:
+  params = models.MLP().init(jax.random.PRNGKey(0), jnp.zeros((1, 784)))['params']
+  prunable = pruning.prunable_tree(params)
+  scores = pruning.magnitude(params)
+  bisect = jax.jit(lambda s: pruning.masks_from_scores(s, 0.9, prunable=prunable))
+
+  @jax.jit
+  def by_sort(s):
+    kernels = [s[n]['kernel'] for n in ('Dense_0', 'Dense_1', 'Dense_2')]
+    flat = jnp.concatenate([k.ravel() for k in kernels])
+    threshold = jnp.sort(flat)[int(0.9 * flat.size)]
+    return [k >= threshold for k in kernels]
+
+  out = []
+  for fn in (bisect, by_sort):
+    jax.block_until_ready(fn(scores))
+    times = []
+    for _ in range(repeats * 5):
+      start = time.perf_counter()
+      jax.block_until_ready(fn(scores))
+      times.append(time.perf_counter() - start)
+    out.append(statistics.median(times) * 1e3)
+  return out[0], out[1]
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--repeats', type=int, default=7)
+  args = parser.parse_args()
+  dense = _time_steps(_state(False), None, args.repeats)
+  masked_state = _state(True)
+  masked = _time_steps(masked_state, None, args.repeats)
+  updates_only = _time_steps(_state(True, mask_gradients=False), None, args.repeats)
+  prunable = pruning.prunable_tree(masked_state.params)
+  hook = gradual.mask_updater(final_sparsity=0.9, begin_step=0, end_step=10**6, frequency=100,
+                              prunable=prunable)
+  grad = _time_steps(_state(True), hook, args.repeats)
+  bisect_ms, sort_ms = _selection_ms(args.repeats)
+  results = {'machine': f'{platform.machine()}, {os.cpu_count()} cores',
+             'date': time.strftime('%Y-%m-%d'), 'jax': jax.__version__,
+             'dense_step_ms': dense, 'masked_step_ms': masked, 'gradual_step_ms': grad,
+             'masked_updates_only_step_ms': updates_only,
+             'masked_overhead': masked / dense - 1, 'gradual_overhead': grad / dense - 1,
+             'masked_updates_only_overhead': updates_only / dense - 1,
+             'select_bisection_ms': bisect_ms, 'select_sort_ms': sort_ms}
+  os.makedirs(os.path.join(REPO, 'bench', 'out'), exist_ok=True)
+  with open(os.path.join(REPO, 'bench', 'out', 'prune_overhead.json'), 'w') as f:
+    json.dump(results, f, indent=1)
+  print(f'Machine: {results["machine"]}; {results["date"]}; jax {jax.__version__}\n')
+  print('| step | ms/step (median) | vs dense |\n|---|---|---|')
+  print(f'| dense | {dense:.3f} | |')
+  print(f'| masked (fixed masks, 90%) | {masked:.3f} | {results["masked_overhead"]:+.1%} |')
+  print(f'| masked, updates only (mask_gradients=False) | {updates_only:.3f} | '
+        f'{results["masked_updates_only_overhead"]:+.1%} |')
+  print(f'| gradual (masks every 100 steps) | {grad:.3f} | {results["gradual_overhead"]:+.1%} |')
+  print(f'\nGlobal selection over 535k weights: bisection {bisect_ms:.2f} ms, '
+        f'full sort {sort_ms:.2f} ms')
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,504 @@
+"""The launchable compression workflow: dense training -> prune -> retrain -> evaluate -> export.
+
+    python launch.py --config=configs/fashion_mnist_mlp_prune.py --workdir=runs/prune
+
+Layout of WORKDIR (every phase is resumable; re-running the command continues where it stopped):
+
+    dense/                       the dense run (a normal training workdir), or `prune.dense_dir`
+    <variant>_s<sparsity>/       one folder per (variant, sparsity) of the sweep, e.g.
+      pruned/                      magnitude-global_s0.90: Orbax checkpoint of params + masks
+      retrained/                   a training workdir whose checkpoints carry the masks
+      round_<r>/{pruned,retrained}   (schedule 'iterative': one pair per round)
+      export/                      compact files (bitmask + float32, bitmask + int8)
+    results.json, results.md     one row per (variant, sparsity)
+    sparsity_sweep.png           test accuracy vs sparsity, a curve per variant
+
+A variant is '<score>/<kind>': score in magnitude | saliency | sensitivity | random; kind in
+global | layerwise (unstructured), neuron (structured: whole hidden units, physically removed
+afterwards) or N:M such as 2:4 (semi-structured).
+"""
+
+import copy
+import dataclasses
+import fcntl
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from bigmodel_jax import (
+  checkpoint,
+  config_checks,
+  data,
+  loop,
+  losses,
+  metrics,
+  models,
+  optim,
+  pruning,
+  report,
+  timing,
+  train,
+  train_state,
+)
+from bigmodel_jax.errors import ConfigError
+from bigmodel_jax.pruning import gradual, selection
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+  """A parsed '<score>/<kind>' string."""
+  name: str
+  score: str
+  kind: str  # 'global' | 'layerwise' | 'neuron' | 'nm'
+  n: int = 0
+  m: int = 0
+
+  @property
+  def slug(self) -> str:
+    return self.name.replace('/', '-').replace(':', 'of')
+
+
+def parse_variant(name: str) -> Variant:
+  """'magnitude/global' -> Variant; raises ConfigError on anything else."""
+  parts = name.split('/')
+  if len(parts) != 2 or parts[0] not in pruning.METHODS:
+    raise ConfigError(f'prune.variants: {name!r} is not <score>/<kind> with score one of '
+                      f'{", ".join(pruning.METHODS)} (e.g. magnitude/global, saliency/layerwise, '
+                      'magnitude/neuron, magnitude/2:4).')
+  score, kind = parts
+  if kind in ('global', 'layerwise', 'neuron'):
+    return Variant(name, score, kind)
+  if ':' in kind:
+    try:
+      n, m = (int(v) for v in kind.split(':'))
+    except ValueError:
+      raise ConfigError(f'prune.variants: {name!r} has an N:M part that is not two '
+                        'integers.') from None
+    selection.check_nm(n, m)
+    return Variant(name, score, 'nm', n, m)
+  raise ConfigError(f'prune.variants: {name!r} has kind {kind!r}; use global, layerwise, neuron '
+                    'or N:M such as 2:4.')
+
+
+def parse_overrides(text: str) -> dict[str, float]:
+  """'Dense_2/kernel=0.5,Dense_0/*=0.95' -> {pattern: sparsity}."""
+  result = {}
+  for item in filter(None, (s.strip() for s in text.split(','))):
+    pattern, sep, value = item.partition('=')
+    try:
+      result[pattern.strip()] = float(value)
+    except ValueError:
+      sep = ''
+    if not sep:
+      raise ConfigError(f'prune.overrides: {item!r} is not PATTERN=SPARSITY.')
+    selection.check_sparsity(result[pattern.strip()], f'prune.overrides[{pattern.strip()!r}]')
+  return result
+
+
+def validate_prune_config(config: ml_collections.ConfigDict) -> list[Variant]:
+  """Checks the `prune` section; returns the parsed variants."""
+  p = config.prune
+  if p.schedule not in pruning.SCHEDULES:
+    raise ConfigError(f'config.prune.schedule={p.schedule!r} is not accepted; use one of: '
+                      f'{", ".join(pruning.SCHEDULES)}.')
+  variants = [parse_variant(v) for v in p.variants]
+  if not variants:
+    raise ConfigError('config.prune.variants is empty: name at least one, e.g. magnitude/global.')
+  if not p.sparsities:
+    raise ConfigError('config.prune.sparsities is empty: give at least one, e.g. (0.9,).')
+  for s in p.sparsities:
+    selection.check_sparsity(s, 'config.prune.sparsities entry')
+  parse_overrides(p.overrides)
+  for key in ('retrain_epochs', 'score_batches', 'score_batch_size', 'gradual_every_steps'):
+    if not isinstance(p[key], int) or p[key] < (0 if key == 'retrain_epochs' else 1):
+      raise ConfigError(f'config.prune.{key}={p[key]!r} is invalid: it must be a '
+                        f'{"non-negative" if key == "retrain_epochs" else "positive"} integer.')
+  if p.retrain_learning_rate <= 0:
+    raise ConfigError(f'config.prune.retrain_learning_rate={p.retrain_learning_rate} must be > 0.')
+  if p.schedule == 'iterative':
+    pruning.iterative_sparsities(0.5, p.rounds)
+    if p.rewind_epoch > config.num_epochs:
+      raise ConfigError(f'config.prune.rewind_epoch={p.rewind_epoch} is after the dense run\'s '
+                        f'{config.num_epochs} epochs.')
+  if p.schedule == 'gradual':
+    for v in variants:
+      if v.kind not in ('global', 'layerwise') or v.score not in gradual.GRADUAL_METHODS:
+        raise ConfigError(f'Gradual pruning supports magnitude|random with global|layerwise; '
+                          f'{v.name!r} is not one of them.')
+    if not 0 <= p.gradual_begin_epoch < p.gradual_end_epoch <= p.retrain_epochs:
+      raise ConfigError('Gradual pruning needs 0 <= prune.gradual_begin_epoch < '
+                        'prune.gradual_end_epoch <= prune.retrain_epochs; got '
+                        f'{p.gradual_begin_epoch}, {p.gradual_end_epoch}, {p.retrain_epochs}.')
+  if p.schedule != 'one_shot' and p.retrain_epochs == 0:
+    raise ConfigError(f'Schedule {p.schedule!r} needs prune.retrain_epochs > 0.')
+  for q in p.export_formats:
+    if q not in pruning.export.QUANTIZE:
+      raise ConfigError(f'config.prune.export_formats: {q!r}; use '
+                        f'{", ".join(pruning.export.QUANTIZE)}.')
+  return variants
+
+
+def _retrain_config(config: ml_collections.ConfigDict, epochs: int) -> ml_collections.ConfigDict:
+  c = copy.deepcopy(config)
+  with c.unlocked():
+    c.num_epochs, c.num_train_steps = epochs, -1
+    c.optimizer.learning_rate = config.prune.retrain_learning_rate
+    c.optimizer.warmup_epochs = config.prune.retrain_warmup_epochs
+    c.early_stopping_patience = 0
+    c.write_plot = False
+  return c
+
+
+class _Context:
+  """What every phase needs: data, the model, the dense state and its evaluation."""
+
+  def __init__(self, config, workdir, console):
+    self.config, self.workdir, self.console = config, workdir, console
+    self.datasets = data.load_datasets(config.data)
+    n_train = len(self.datasets.train)
+    self.steps_per_epoch = n_train // config.batch_size
+    self.model = models.create_model(config.model, self.datasets.num_classes)
+    self.loss = losses.LOSSES[config.loss]
+    self.eval_fn = jax.jit(lambda state, batch: train.eval_step(state, batch, loss_fn=self.loss))
+    self.test_split = (self.datasets.test if self.datasets.test is not None
+                       else self.datasets.eval)
+    self.input_shape = self.datasets.train.images.shape[1:]
+
+  def dense_state(self, dense_dir: str, step: int | None = None) -> train_state.TrainState:
+    """Restores the dense run's state (latest, or `step`)."""
+    total = self.config.num_epochs * self.steps_per_epoch
+    tx, _ = optim.create_optimizer(self.config.optimizer, self.steps_per_epoch, total)
+    init = lambda: train_state.create_train_state(  # noqa: E731
+        self.config.seed, model=self.model, tx=tx, input_shape=self.input_shape)
+    ckpt = checkpoint.Checkpointer(os.path.join(dense_dir, 'checkpoints'), async_save=False)
+    try:
+      step = ckpt.latest_step() if step is None else step
+      if step is None or step not in ckpt.all_steps():
+        raise ConfigError(
+            f'No dense checkpoint{"" if step is None else f" at step {step}"} in {dense_dir}: '
+            'run the dense phase first (leave prune.dense_dir empty to train it here), or point '
+            'prune.dense_dir at a finished run of the same model.')
+      abstract = jax.eval_shape(init)
+      arrays, _ = ckpt.restore(step, abstract.arrays())
+    finally:
+      ckpt.close()
+    return abstract.replace_arrays(arrays)
+
+  def fresh_state(self) -> train_state.TrainState:
+    tx, _ = optim.create_optimizer(self.config.optimizer, self.steps_per_epoch,
+                                   self.config.num_epochs * self.steps_per_epoch)
+    return jax.jit(lambda: train_state.create_train_state(
+        self.config.seed, model=self.model, tx=tx, input_shape=self.input_shape))()
+
+  def test_accuracy(self, state, params) -> float:
+    state = state.replace(params=params)
+    return loop.evaluate(self.eval_fn, state, self.test_split,
+                         self.config.eval_batch_size)['accuracy']
+
+  def score_batches(self) -> list[dict[str, np.ndarray]]:
+    p = self.config.prune
+    rng = np.random.default_rng(self.config.seed + 7919)
+    train_split = self.datasets.train
+    idx = rng.permutation(len(train_split))[:p.score_batches * p.score_batch_size]
+    return [{'image': train_split.images[chunk], 'label': train_split.labels[chunk]}
+            for chunk in np.array_split(idx, max(1, len(idx) // p.score_batch_size))]
+
+
+def _masks_for(ctx: _Context, variant: Variant, sparsity: float, params, prunable,
+               previous_masks=None) -> tuple[Any, list | None]:
+  """Scores `params` by the variant's method and selects; returns (masks, neuron keep or None)."""
+  p = ctx.config.prune
+  loss_fn = pruning.batch_loss_fn(ctx.model.apply, ctx.loss)
+  batches = ctx.score_batches() if variant.score in ('saliency', 'sensitivity') else ()
+  scores = pruning.compute_scores(variant.score, params, loss_fn=loss_fn, batches=batches,
+                                  key=jax.random.PRNGKey(ctx.config.seed + 1))
+  if previous_masks is not None:  # Masks only grow sparser: pruned weights go first.
+    scores = jax.tree.map(lambda s, m: jnp.where(m, s, -jnp.inf), scores, previous_masks)
+  if variant.kind == 'neuron':
+    keep = pruning.neuron_keep(scores, sparsity, scope='layerwise')
+    return pruning.neuron_masks(params, keep), keep
+  if variant.kind == 'nm':
+    return pruning.nm_masks(scores, variant.n, variant.m, prunable=prunable), None
+  masks = jax.jit(lambda s: pruning.masks_from_scores(
+      s, sparsity, scope=variant.kind, prunable=prunable,
+      overrides=parse_overrides(p.overrides)))(scores)
+  return masks, None
+
+
+def _prune_phase(ctx, directory, variant, sparsity, params, prunable, previous_masks=None):
+  """Prunes once (or restores a finished prune from `directory`): (params, masks, keep, meta)."""
+  ckpt = checkpoint.Checkpointer(directory, async_save=False)
+  try:
+    target = {'params': params, 'masks': pruning.ones_like(params)}
+    if ckpt.latest_step() is not None:
+      arrays, meta = ckpt.restore(ckpt.latest_step(), target)
+      keep = [np.asarray(k, bool) for k in meta['neuron_keep']] if meta.get('neuron_keep') else None
+      return arrays['params'], arrays['masks'], keep, meta
+    start = time.perf_counter()
+    masks, keep = _masks_for(ctx, variant, sparsity, params, prunable, previous_masks)
+    masks = jax.block_until_ready(masks)
+    keep = [np.asarray(k, bool) for k in keep] if keep is not None else None
+    seconds = time.perf_counter() - start
+    params = pruning.apply_masks(params, masks)
+    stats = pruning.sparsity_stats(params, masks, prunable)
+    meta = {'variant': variant.name, 'target_sparsity': sparsity,
+            'sparsity': stats['sparsity'], 'total_sparsity': stats['total_sparsity'],
+            'select_seconds': seconds,
+            'neuron_keep': [np.asarray(k).astype(int).tolist() for k in keep] if keep else None}
+    meta['test_accuracy'] = ctx.test_accuracy(ctx.fresh_state(), params)
+    ckpt.save(0, {'params': params, 'masks': masks}, meta)
+    ckpt.wait()
+    return params, masks, keep, meta
+  finally:
+    ckpt.close()
+
+
+def _retrain_phase(ctx, directory, params, masks, prunable, epochs, before_step=None,
+                   prefix=''):
+  """Masked retraining from (params, masks) with a fresh optimizer; resumable in `directory`."""
+  def start(state):
+    state = state.replace(params=pruning.apply_masks(params, masks), masks=masks)
+    return state.replace(opt_state=pruning.prune_opt_state(state.tx, state.opt_state, masks))
+  cfg = _retrain_config(ctx.config, epochs)
+  results = loop.train_and_evaluate(cfg, directory, masked=True, initial_state=start,
+                                    before_step=before_step, prunable=prunable,
+                                    log_prefix=prefix)
+  state = _restore_masked(ctx, cfg, directory)
+  return state, results
+
+
+def _restore_masked(ctx, cfg, directory) -> train_state.TrainState:
+  steps = cfg.num_epochs * ctx.steps_per_epoch
+  tx, _ = optim.create_optimizer(cfg.optimizer, ctx.steps_per_epoch, steps)
+  init = lambda: train_state.create_train_state(  # noqa: E731
+      cfg.seed, model=ctx.model, tx=pruning.masked(tx), input_shape=ctx.input_shape,
+      masked=True)
+  ckpt = checkpoint.Checkpointer(os.path.join(directory, 'checkpoints'), async_save=False)
+  try:
+    abstract = jax.eval_shape(init)
+    arrays, _ = ckpt.restore(ckpt.latest_step(), abstract.arrays())
+  finally:
+    ckpt.close()
+  return abstract.replace_arrays(arrays)
+
+
+def _export(ctx, directory, params, masks, prunable, dense_state) -> dict[str, Any]:
+  """Writes each configured compact format, reloads it and checks its predictions."""
+  os.makedirs(directory, exist_ok=True)
+  out = {}
+  reference = ctx.model.apply({'params': params}, ctx.test_split.images[:1000])
+  for quantize in ctx.config.prune.export_formats:
+    path = os.path.join(directory, f'model-{"float32" if quantize == "none" else quantize}.npz')
+    sizes = pruning.save_compact(path, params, masks, prunable, quantize=quantize)
+    loaded, _ = pruning.load_compact(path)
+    loaded = jax.tree.map(jnp.asarray, loaded)
+    logits = ctx.model.apply({'params': loaded}, ctx.test_split.images[:1000])
+    out[quantize] = {
+        'path': os.path.relpath(path, ctx.workdir), 'bytes': sizes['file_bytes'],
+        'dense_float32_bytes': sizes['dense_float32_bytes'],
+        'max_abs_logit_diff': float(jnp.max(jnp.abs(logits - reference))),
+        'test_accuracy': ctx.test_accuracy(dense_state, loaded),
+    }
+  return out
+
+
+def _latency(ctx, dense_params, keep, params) -> dict[str, Any]:
+  small_model, small_params = pruning.shrink_mlp(ctx.model, params, keep)
+  dim = int(np.prod(ctx.input_shape))
+  result = {'hidden_sizes': list(small_model.hidden_sizes)}
+  for batch in (1, 256):
+    x = jnp.asarray(np.resize(ctx.test_split.images[:batch], (batch, dim)))
+    dense_ms = timing.median_ms(jax.jit(ctx.model.apply), {'params': dense_params}, x)
+    small_ms = timing.median_ms(jax.jit(small_model.apply), {'params': small_params}, x)
+    result[f'batch_{batch}'] = {'dense_ms': dense_ms, 'shrunk_ms': small_ms,
+                                'speedup': dense_ms / small_ms}
+  logits = small_model.apply({'params': small_params}, ctx.test_split.images[:1000])
+  masked_logits = ctx.model.apply({'params': params}, ctx.test_split.images[:1000])
+  result['max_abs_logit_diff_vs_masked'] = float(jnp.max(jnp.abs(logits - masked_logits)))
+  return result
+
+
+def _run_one(ctx, dense_dir, dense_state, variant, sparsity, prunable) -> dict[str, Any]:
+  p = ctx.config.prune
+  label = f'{variant.slug}_s{sparsity:.4g}' if variant.kind != 'nm' else variant.slug
+  run_dir = os.path.join(ctx.workdir, label)
+  prefix = f'[{label}] '
+  row_path = os.path.join(run_dir, 'row.json')
+  if os.path.exists(row_path):  # Finished earlier: every phase, the export and the timings.
+    with open(row_path) as f:
+      return json.load(f)
+  row = {'variant': variant.name, 'schedule': p.schedule, 'target_sparsity': sparsity,
+         'dir': label}
+  retrain_epochs_total = 0
+  if p.schedule == 'gradual':
+    steps = ctx.steps_per_epoch
+    hook = gradual.mask_updater(
+        final_sparsity=sparsity, begin_step=int(p.gradual_begin_epoch * steps),
+        end_step=int(p.gradual_end_epoch * steps), frequency=p.gradual_every_steps,
+        prunable=prunable, scope=variant.kind, method=variant.score, seed=ctx.config.seed + 1)
+    state, results = _retrain_phase(ctx, os.path.join(run_dir, 'retrained'), dense_state.params,
+                                    pruning.ones_like(dense_state.params), prunable,
+                                    p.retrain_epochs, before_step=hook, prefix=prefix)
+    params, masks, keep = state.params, state.masks, None
+    row['one_shot_test_accuracy'] = None
+    retrain_epochs_total = p.retrain_epochs
+  else:
+    rounds = p.rounds if p.schedule == 'iterative' else 1
+    targets = (pruning.iterative_sparsities(sparsity, rounds) if p.schedule == 'iterative'
+               else [sparsity])
+    rewind = None
+    if p.schedule == 'iterative' and p.rewind_epoch >= 0:
+      rewind = (ctx.fresh_state() if p.rewind_epoch == 0 else
+                ctx.dense_state(dense_dir, p.rewind_epoch * ctx.steps_per_epoch)).params
+    params, masks = dense_state.params, None
+    for r, target in enumerate(targets):
+      where = run_dir if rounds == 1 else os.path.join(run_dir, f'round_{r + 1}')
+      params, masks, keep, meta = _prune_phase(ctx, os.path.join(where, 'pruned'), variant,
+                                               target, params, prunable, masks)
+      if r == 0:
+        row['one_shot_test_accuracy'] = meta['test_accuracy']
+      ctx.console.line(f'{prefix}pruned to {meta["sparsity"]:.4f} (round {r + 1}/{rounds}): '
+                       f'test_accuracy before retraining {meta["test_accuracy"]:.4f}')
+      if rewind is not None:
+        params = pruning.apply_masks(rewind, masks)
+      if p.retrain_epochs > 0:
+        state, results = _retrain_phase(ctx, os.path.join(where, 'retrained'), params, masks,
+                                        prunable, p.retrain_epochs, prefix=prefix)
+        params, masks = state.params, state.masks
+        retrain_epochs_total += p.retrain_epochs
+  stats = pruning.sparsity_stats(params, masks, prunable)
+  row.update(sparsity=stats['sparsity'], total_sparsity=stats['total_sparsity'],
+             nonzero=stats['total_nonzero'], dense_bytes=stats['dense_bytes'],
+             retrain_epochs=retrain_epochs_total,
+             total_epochs=ctx.config.num_epochs + retrain_epochs_total,
+             test_accuracy=ctx.test_accuracy(dense_state, params),
+             layers={k: v['sparsity'] for k, v in stats['layers'].items()})
+  if p.export_formats:
+    row['export'] = _export(ctx, os.path.join(run_dir, 'export'), params, masks, prunable,
+                            dense_state)
+  if variant.kind == 'neuron' and p.measure_latency:
+    row['structured'] = _latency(ctx, dense_state.params, keep, params)
+  if jax.process_index() == 0:
+    with open(row_path, 'w') as f:
+      json.dump(row, f, indent=1)
+  return row
+
+
+def _lock(workdir: str):
+  if jax.process_index() != 0:
+    return None
+  handle = open(os.path.join(workdir, '.prune-lock'), 'w')
+  try:
+    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    handle.close()
+    raise ConfigError(f'Another run is using --workdir={workdir}.') from None
+  return handle
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Runs the whole workflow of `config.prune` in `workdir` (resuming); returns results.json."""
+  config_checks.validate_config(config)
+  variants = validate_prune_config(config)
+  p = config.prune
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  lock = _lock(workdir)  # noqa: F841  (held until this function returns)
+  console = metrics.Console()
+  start = time.monotonic()
+
+  ctx = _Context(config, workdir, console)
+  if p.dense_dir:
+    dense_dir = os.path.abspath(p.dense_dir)
+    dense_results = report.read_results(dense_dir)
+    if dense_results is None:
+      raise ConfigError(f'prune.dense_dir={p.dense_dir} holds no finished dense run '
+                        '(results.json): finish it first, or leave prune.dense_dir empty.')
+  else:
+    dense_dir = os.path.join(workdir, 'dense')
+    # Keep the rewind point although checkpoint_max_to_keep would delete it.
+    keep = ((p.rewind_epoch * ctx.steps_per_epoch,)
+            if p.schedule == 'iterative' and p.rewind_epoch > 0 else ())
+    dense_results = loop.train_and_evaluate(config, dense_dir, keep_steps=keep,
+                                            log_prefix='[dense] ')
+  dense_state = ctx.dense_state(dense_dir)
+  dense_accuracy = ctx.test_accuracy(dense_state, dense_state.params)
+  prunable = pruning.prunable_tree(dense_state.params, tuple(p.include), tuple(p.exclude))
+  console.line(f'Dense model: test_accuracy {dense_accuracy:.4f} ({dense_dir}); pruning '
+               f'{len(variants)} variant(s) x {len(p.sparsities)} sparsity(ies), schedule '
+               f'{p.schedule}, {p.retrain_epochs} retrain epoch(s) each')
+
+  rows = []
+  for variant in variants:
+    for sparsity in (p.sparsities if variant.kind != 'nm' else [1 - variant.n / variant.m]):
+      row = _run_one(ctx, dense_dir, dense_state, variant, float(sparsity), prunable)
+      row['dense_test_accuracy'] = dense_accuracy
+      row['delta'] = row['test_accuracy'] - dense_accuracy
+      rows.append(row)
+      console.line(f'[{row["dir"]}] sparsity {row["sparsity"]:.4f}: test_accuracy '
+                   f'{row["test_accuracy"]:.4f} ({row["delta"]:+.4f} vs dense)')
+  results = {
+      'config_name': config.name, 'dataset': config.data.name, 'schedule': p.schedule,
+      'dense_dir': dense_dir, 'dense_test_accuracy': dense_accuracy,
+      'dense_epochs': dense_results.get('epochs_run'), 'rows': rows,
+      'wall_time_s': time.monotonic() - start, 'jax_version': jax.__version__,
+      'backend': jax.default_backend(), 'num_devices': jax.device_count(),
+  }
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'results.json'), 'w') as f:
+      json.dump(results, f, indent=1)
+    with open(os.path.join(workdir, 'results.md'), 'w') as f:
+      f.write(markdown_table(results))
+    if config.write_plot:
+      plot_sweep(results, os.path.join(workdir, 'sparsity_sweep.png'))
+  console.line(markdown_table(results))
+  return results
+
+
+def markdown_table(results: dict[str, Any]) -> str:
+  lines = [f'Dense test accuracy {results["dense_test_accuracy"]:.4f}; schedule '
+           f'{results["schedule"]}.', '',
+           '| variant | sparsity | one-shot acc | final acc | vs dense | retrain epochs '
+           '| bitmask+f32 | bitmask+int8 | notes |', '|---|---|---|---|---|---|---|---|---|']
+  for r in results['rows']:
+    one = r.get('one_shot_test_accuracy')
+    exp = r.get('export', {})
+    size = {q: f'{e["bytes"] / 1024:.0f} KiB' for q, e in exp.items()}
+    notes = ''
+    if 'structured' in r:
+      s = r['structured']
+      notes = (f'hidden {s["hidden_sizes"]}, speed-up x{s["batch_1"]["speedup"]:.2f} (b1), '
+               f'x{s["batch_256"]["speedup"]:.2f} (b256)')
+    lines.append(f'| {r["variant"]} | {r["sparsity"]:.4f} | '
+                 f'{"" if one is None else f"{one:.4f}"} | {r["test_accuracy"]:.4f} | '
+                 f'{r["delta"] * 100:+.2f} pt | {r["retrain_epochs"]} | {size.get("none", "")} | '
+                 f'{size.get("int8", "")} | {notes} |')
+  return '\n'.join(lines) + '\n'
+
+
+def plot_sweep(results: dict[str, Any], path: str) -> None:
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  by_variant: dict[str, list] = {}
+  for r in results['rows']:
+    by_variant.setdefault(r['variant'], []).append((r['sparsity'], r['test_accuracy']))
+  for name, points in by_variant.items():
+    points.sort()
+    ax.plot([x for x, _ in points], [y * 100 for _, y in points], marker='o', label=name)
+  ax.axhline(results['dense_test_accuracy'] * 100, color='k', linestyle='--', label='dense')
+  ax.set_xlabel('sparsity of prunable weights')
+  ax.set_ylabel('test accuracy (%)')
+  ax.set_title(f'{results["config_name"]}: {results["schedule"]} pruning')
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)

@@ -1,0 +1,54 @@
+"""Gradual magnitude pruning (Zhu & Gupta 2017) inside the compiled train step.
+
+`mask_updater(...)` returns a `before_step` hook for `train.train_step`: on the schedule's update
+steps it recomputes the masks from the current weights at the scheduled sparsity, zeroes the
+newly pruned weights and their optimizer moments, and on other steps does nothing (a `lax.cond`,
+so the skipped branch costs nothing). Selection counts by bisection, no sort, so an update every
+100 steps adds little to training time.
+"""
+
+from typing import Any
+
+import jax
+
+from bigmodel_jax.pruning import masks as masks_lib
+from bigmodel_jax.pruning import optimizer, schedules, scores, selection
+
+GRADUAL_METHODS = ('magnitude', 'random')
+
+
+def mask_updater(*, final_sparsity: float, begin_step: int, end_step: int, frequency: int,
+                 prunable: Any, scope: str = 'global', method: str = 'magnitude',
+                 initial_sparsity: float = 0.0, seed: int = 0):
+  """A state -> state hook that prunes on the polynomial schedule (see `schedules`).
+
+  Args:
+    final_sparsity: sparsity reached at `end_step` and kept afterwards.
+    begin_step, end_step, frequency: masks change on begin_step + i * frequency and end_step.
+    prunable: tree of bools (`masks.prunable_tree`).
+    scope: 'global' or 'layerwise'.
+    method: 'magnitude' (scores from the current weights) or 'random' (a control; a pruned
+      weight, being zero, stays pruned as the sparsity rises).
+  """
+  selection.check_sparsity(final_sparsity, 'final_sparsity')
+  if method not in GRADUAL_METHODS:
+    raise ValueError(f'Gradual pruning scores by {", ".join(GRADUAL_METHODS)}; got {method!r}.')
+  kwargs = dict(begin_step=begin_step, end_step=end_step, frequency=frequency)
+
+  def update(state):
+    sparsity = schedules.polynomial_sparsity(state.step, final_sparsity=final_sparsity,
+                                             initial_sparsity=initial_sparsity, **kwargs)
+    score = scores.magnitude(state.params)
+    if method == 'random':
+      noise = scores.random(state.params, jax.random.PRNGKey(seed))
+      # Already-pruned weights score 0 and go first; the rest in a fixed random order.
+      score = jax.tree.map(lambda w, r, m: jax.numpy.where(m, 1.0 + r, 0.0), score, noise,
+                           state.masks)
+    masks = selection.masks_from_scores(score, sparsity, scope=scope, prunable=prunable)
+    return state.replace(params=masks_lib.apply_masks(state.params, masks), masks=masks,
+                         opt_state=optimizer.prune_opt_state(state.tx, state.opt_state, masks))
+
+  def hook(state):
+    return jax.lax.cond(schedules.is_update_step(state.step, **kwargs), update,
+                        lambda s: s, state)
+  return hook

@@ -1,0 +1,119 @@
+"""Importance scores: a tree like the params, lower = pruned first.
+
+    magnitude    |w|
+    saliency     mean over batches of |w * g_b| (first-order Taylor / SNIP): the loss change a
+                 linear model of the loss predicts when w is set to zero
+    sensitivity  the seed's "loss increase when the weight is removed", estimated as Optimal
+                 Brain Damage does at a trained minimum: dL = 1/2 H_ii w^2, with the empirical
+                 Fisher F_ii (mean of per-example squared gradients) for the Hessian diagonal.
+                 The first-order term -g w is left out on purpose: at a minimum it is mostly
+                 noise, and keeping it (signed) made one-shot selection worse than random on the
+                 seed MLP (28% test accuracy at 50% sparsity, vs 90% without it)
+    random       uniform noise: the control every method has to beat
+
+`loss_fn(params, batch) -> scalar` is the mean loss on a batch; `batches` is an iterable of
+batches (e.g. a few training batches). Neuron scores for structured pruning sum a weight score
+over each neuron's incoming weights (`pruning.structured`).
+"""
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from bigmodel_jax import losses
+
+METHODS = ('magnitude', 'saliency', 'sensitivity', 'random')
+BatchLoss = Callable[[Any, dict[str, jax.Array]], jax.Array]
+
+
+def batch_loss_fn(apply_fn: Callable[..., jax.Array],
+                  loss=losses.cross_entropy) -> BatchLoss:
+  """(params, batch) -> mean loss of the model on batch {'image', 'label'} (no dropout)."""
+  def loss_fn(params, batch):
+    logits = apply_fn({'params': params}, batch['image'], train=False)
+    return jnp.mean(loss(logits, batch['label']))
+  return loss_fn
+
+
+def magnitude(params: Any) -> Any:
+  return jax.tree.map(jnp.abs, params)
+
+
+def random(params: Any, key: jax.Array) -> Any:
+  leaves, treedef = jax.tree.flatten(params)
+  keys = jax.random.split(key, len(leaves))
+  return jax.tree.unflatten(treedef, [jax.random.uniform(k, jnp.shape(x))
+                                      for k, x in zip(keys, leaves, strict=True)])
+
+
+def _check_batches(count: int) -> None:
+  if count == 0:
+    raise ValueError('This score needs at least one batch of data; got none.')
+
+
+def saliency(params: Any, loss_fn: BatchLoss, batches: Iterable[dict[str, jax.Array]]) -> Any:
+  """Mean over batches of |w * dL/dw|."""
+  grad_fn = jax.jit(jax.grad(loss_fn))
+  total, count = jax.tree.map(jnp.zeros_like, params), 0
+  for batch in batches:
+    grads = grad_fn(params, batch)
+    total = jax.tree.map(lambda t, w, g: t + jnp.abs(w * g), total, params, grads)
+    count += 1
+  _check_batches(count)
+  return jax.tree.map(lambda t: t / count, total)
+
+
+def _per_example_sq_grads(loss_fn: BatchLoss, micro_batch: int):
+  """(params, batch) -> (sum of per-example squared grads, examples used)."""
+  def one(params, example):
+    single = jax.tree.map(lambda x: x[None], example)
+    return jax.grad(loss_fn)(params, single)
+
+  def fn(params, batch):
+    n = batch['label'].shape[0]
+    size = min(micro_batch, n)
+    usable = n - n % size
+    micro = jax.tree.map(lambda x: x[:usable].reshape(usable // size, size, *x.shape[1:]), batch)
+
+    def body(acc, mb):
+      grads = jax.vmap(one, in_axes=(None, 0))(params, mb)  # [size, *param shape]
+      return jax.tree.map(lambda a, g: a + jnp.sum(g * g, axis=0), acc, grads), None
+
+    sq, _ = jax.lax.scan(body, jax.tree.map(jnp.zeros_like, params), micro)
+    return sq, usable
+  return fn
+
+
+def sensitivity(params: Any, loss_fn: BatchLoss, batches: Iterable[dict[str, jax.Array]], *,
+                micro_batch: int = 16) -> Any:
+  """OBD estimate of the loss increase from zeroing each weight: 1/2 F w^2.
+
+  Per-example gradients are taken `micro_batch` examples at a time (memory: micro_batch copies
+  of the params); a batch's remainder beyond a multiple of `micro_batch` is not used.
+  """
+  fn = jax.jit(_per_example_sq_grads(loss_fn, micro_batch))
+  sq = jax.tree.map(jnp.zeros_like, params)
+  examples = 0
+  for batch in batches:
+    s, n = fn(params, batch)
+    sq = jax.tree.map(jnp.add, sq, s)
+    examples += int(n)
+  _check_batches(examples)
+  return jax.tree.map(lambda w, s: 0.5 * (s / examples) * w * w, params, sq)
+
+
+def compute_scores(method: str, params: Any, *, loss_fn: BatchLoss | None = None,
+                   batches: Iterable[dict[str, jax.Array]] = (), key: jax.Array | None = None
+                   ) -> Any:
+  """Dispatches on `method` (one of METHODS)."""
+  if method == 'magnitude':
+    return magnitude(params)
+  if method == 'random':
+    return random(params, key if key is not None else jax.random.PRNGKey(0))
+  if method in ('saliency', 'sensitivity'):
+    if loss_fn is None:
+      raise ValueError(f'The {method} score needs loss_fn and batches.')
+    return (saliency if method == 'saliency' else sensitivity)(params, loss_fn, batches)
+  raise ValueError(f'Unknown score method {method!r}; use one of: {", ".join(METHODS)}.')

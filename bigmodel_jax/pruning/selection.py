@@ -1,0 +1,163 @@
+"""Masks from scores: exact-count selection by a threshold found by bisection, and N:M patterns.
+
+Lower scores are pruned first. Selecting the k lowest of n scores never sorts: the k-th smallest
+value is found bit by bit on an order-preserving uint32 view of the float32 scores (32 counting
+passes, each a sum that also adds up across devices when the scores are sharded), everything
+below it is pruned, and ties at it are broken by position (tree order, then row-major) so that
+exactly k entries go. Everything here is jittable; `sparsity` may be a traced scalar, which is
+how gradual pruning updates masks inside the compiled train step.
+"""
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bigmodel_jax.errors import ConfigError
+from bigmodel_jax.pruning import masks as masks_lib
+
+SCOPES = ('global', 'layerwise')
+
+
+def check_sparsity(sparsity: float, what: str = 'sparsity') -> None:
+  if not isinstance(sparsity, int | float) or not 0 <= sparsity < 1:
+    raise ConfigError(f'{what}={sparsity!r} is invalid: it must be a number in [0, 1).')
+
+
+def sortable_keys(scores: jax.Array) -> jax.Array:
+  """uint32 keys with the order of the float32 scores (negatives, -0/+0 and inf included)."""
+  bits = jax.lax.bitcast_convert_type(scores.astype(jnp.float32), jnp.uint32)
+  negative = (bits >> 31) == 1
+  return jnp.where(negative, ~bits, bits | jnp.uint32(0x80000000))
+
+
+def kth_smallest_key(keys: Sequence[jax.Array], k) -> jax.Array:
+  """The smallest key value t with count(keys <= t) >= k, over all arrays in `keys` (k >= 1).
+
+  For k = 0 it returns 0, below which nothing lies, so callers need no special case.
+  """
+  k = jnp.asarray(k, jnp.int32)
+
+  def count_at_most(t):
+    return sum(jnp.sum(x <= t, dtype=jnp.int32) for x in keys)
+
+  def body(i, prefix):
+    bit = jnp.uint32(31) - i.astype(jnp.uint32)
+    low = prefix | ((jnp.uint32(1) << bit) - jnp.uint32(1))  # Bit `bit` clear, lower bits set.
+    return jnp.where(count_at_most(low) >= k, prefix, prefix | (jnp.uint32(1) << bit))
+
+  return jax.lax.fori_loop(0, 32, body, jnp.uint32(0))
+
+
+def lowest_k_masks(scores: Sequence[jax.Array], k) -> list[jax.Array]:
+  """Keep-masks (bool) for `scores` that prune exactly the k lowest entries over all arrays."""
+  keys = [sortable_keys(s) for s in scores]
+  threshold = kth_smallest_key(keys, k)
+  below = [x < threshold for x in keys]
+  ties_needed = jnp.asarray(k, jnp.int32) - sum(jnp.sum(b, dtype=jnp.int32) for b in below)
+  masks, offset = [], jnp.int32(0)
+  for key, low in zip(keys, below, strict=True):
+    tie = (key == threshold).ravel()
+    rank = jnp.cumsum(tie, dtype=jnp.int32) - 1 + offset  # Position among all ties so far.
+    pruned_tie = (tie & (rank < ties_needed)).reshape(key.shape)
+    masks.append(~(low | pruned_tie))
+    offset = offset + jnp.sum(tie, dtype=jnp.int32)
+  return masks
+
+
+_lowest_k_static = jax.jit(lambda scores, k: lowest_k_masks(scores, k), static_argnums=1)
+
+
+def _select(scores: list[jax.Array], k) -> list[jax.Array]:
+  """`lowest_k_masks`, compiled once per (shapes, k) when k is a Python int."""
+  return _lowest_k_static(scores, k) if isinstance(k, int) else lowest_k_masks(scores, k)
+
+
+def _count(sparsity, size: int):
+  """Number of entries to prune: round(sparsity * size), exact for Python floats."""
+  if isinstance(sparsity, int | float):
+    return int(round(sparsity * size))
+  return jnp.round(jnp.asarray(sparsity, jnp.float32) * size).astype(jnp.int32)
+
+
+def masks_from_scores(scores: Any, sparsity, *, scope: str = 'global', prunable: Any = None,
+                      overrides: Mapping[str, float] | None = None) -> Any:
+  """Keep-masks pruning the lowest-scoring fraction `sparsity` of the prunable entries.
+
+  Args:
+    scores: a tree like the params (float scores; lower = less important).
+    sparsity: fraction in [0, 1) to prune (Python float, or a traced scalar inside jit).
+    scope: 'global' ranks all prunable leaves together; 'layerwise' prunes each leaf by the same
+      fraction.
+    prunable: a tree of Python bools (`masks.prunable_tree`); default every leaf.
+    overrides: {path pattern: sparsity}: matching leaves are pruned layer-wise at their own
+      sparsity and take no part in the global ranking.
+
+  Returns:
+    A bool tree like `scores`; non-prunable leaves are all True. The number of pruned entries is
+    round(sparsity * size) over the global group, per leaf for layer-wise and override leaves.
+  """
+  if scope not in SCOPES:
+    raise ConfigError(f'scope={scope!r} is not accepted; use one of: {", ".join(SCOPES)}.')
+  if isinstance(sparsity, int | float):
+    check_sparsity(sparsity)
+  for value in (overrides or {}).values():
+    check_sparsity(value, 'a sparsity override')
+  leaves, treedef = jax.tree.flatten(scores)
+  if prunable is None:
+    prunable = jax.tree.unflatten(treedef, [True] * len(leaves))
+  flags = jax.tree.leaves(prunable)
+  per_leaf = masks_lib.overrides_by_leaf(scores, prunable, overrides)
+  result = [jnp.ones(jnp.shape(s), jnp.bool_) for s in leaves]
+  group = []
+  for i, (score, flag, override) in enumerate(zip(leaves, flags, per_leaf, strict=True)):
+    if not flag:
+      continue
+    if override is not None:
+      result[i] = _select([score], _count(override, score.size))[0]
+    elif scope == 'layerwise':
+      result[i] = _select([score], _count(sparsity, score.size))[0]
+    else:
+      group.append(i)
+  if group:
+    size = sum(leaves[i].size for i in group)
+    for i, mask in zip(group, _select([leaves[i] for i in group], _count(sparsity, size)),
+                       strict=True):
+      result[i] = mask
+  return jax.tree.unflatten(treedef, result)
+
+
+def check_nm(n: int, m: int) -> None:
+  if not (isinstance(n, int) and isinstance(m, int) and 0 < n < m):
+    raise ConfigError(f'N:M sparsity {n}:{m} is invalid: it needs integers 0 < N < M '
+                      '(e.g. 2:4 keeps 2 of every 4).')
+
+
+def nm_mask(scores: jax.Array, n: int, m: int, path: str = 'a kernel') -> jax.Array:
+  """Keeps the n highest of every m consecutive entries along the input dimension.
+
+  `scores` is a kernel [..., in, out] (Flax layout); groups run along the flattened input
+  dimensions, so the last input axis must divide by m. Ties keep the earlier entry.
+  """
+  check_nm(n, m)
+  shape = scores.shape
+  if scores.ndim < 2 or shape[-2] % m:
+    raise ConfigError(f'{path} has shape {shape}: N:M sparsity {n}:{m} groups the input '
+                      f'dimension (axis -2) in blocks of {m}, which needs it divisible by {m}.')
+  fan_in = int(np.prod(shape[:-1]))
+  grouped = scores.reshape(fan_in // m, m, shape[-1])
+  order = jnp.argsort(-grouped, axis=1, stable=True)
+  rank = jnp.argsort(order, axis=1, stable=True)
+  return (rank < n).reshape(shape)
+
+
+def nm_masks(scores: Any, n: int, m: int, *, prunable: Any = None) -> Any:
+  """`nm_mask` on every prunable leaf; others stay all True. Sparsity is exactly 1 - n/m."""
+  leaves, treedef = jax.tree.flatten(scores)
+  flags = jax.tree.leaves(prunable) if prunable is not None else [True] * len(leaves)
+  paths = masks_lib.leaf_paths(scores)
+  out = [nm_mask(s, n, m, p) if f else jnp.ones(s.shape, jnp.bool_)
+         for s, f, p in zip(leaves, flags, paths, strict=True)]
+  return jax.tree.unflatten(treedef, out)

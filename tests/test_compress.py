@@ -1,0 +1,183 @@
+"""The launchable dense -> prune -> retrain workflow on the tiny config and generated data."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from bigmodel_jax import checkpoint, compress
+from bigmodel_jax.errors import ConfigError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _prune_config(idx_dir, tfds_dir):
+  from configs import tiny
+  config = tiny.get_config()
+  config.data.idx_dir, config.data.tfds_data_dir = idx_dir, tfds_dir
+  config.model.hidden_sizes = (32, 16)
+  config.prune.enabled = True
+  config.prune.variants = ('magnitude/global',)
+  config.prune.sparsities = (0.9,)
+  config.prune.retrain_epochs = 1
+  config.prune.score_batches = 2
+  config.prune.score_batch_size = 32
+  config.write_plot = True
+  return config
+
+
+@pytest.fixture(scope='module')
+def dense_dir(idx_dir, tfds_dir, tmp_path_factory):
+  """A finished dense tiny run, shared by the tests that start from one."""
+  from bigmodel_jax import loop
+  workdir = str(tmp_path_factory.mktemp('dense'))
+  loop.train_and_evaluate(_prune_config(idx_dir, tfds_dir), workdir)
+  return workdir
+
+
+@pytest.fixture
+def prune_config(idx_dir, tfds_dir):
+  return _prune_config(idx_dir, tfds_dir)
+
+
+def test_sweep_end_to_end(prune_config, tmp_path):
+  prune_config.prune.sparsities = (0.75,)
+  prune_config.prune.variants = ('magnitude/global', 'magnitude/neuron')
+  workdir = str(tmp_path / 'prune')
+  results = compress.run(prune_config, workdir)
+  rows = {(r['variant'], r['target_sparsity']): r for r in results['rows']}
+  assert set(rows) == {('magnitude/global', 0.75), ('magnitude/neuron', 0.75)}
+  glob = rows[('magnitude/global', 0.75)]
+  kernels = 784 * 32 + 32 * 16 + 160
+  assert glob['sparsity'] == pytest.approx(round(0.75 * kernels) / kernels, abs=1e-9)  # Exact.
+  assert glob['export']['none']['bytes'] < glob['dense_bytes'] / 2.5
+  assert glob['export']['none']['max_abs_logit_diff'] == 0.0
+  assert glob['export']['none']['test_accuracy'] == glob['test_accuracy']
+  neuron = rows[('magnitude/neuron', 0.75)]
+  assert neuron['structured']['hidden_sizes'] == [8, 4]
+  assert neuron['structured']['max_abs_logit_diff_vs_masked'] < 1e-5
+  assert results['dense_test_accuracy'] > 0.8 and glob['test_accuracy'] > 0.6
+  for name in ('results.json', 'results.md', 'sparsity_sweep.png'):
+    assert os.path.getsize(os.path.join(workdir, name)) > 100
+  # The retrained checkpoint carries the masks, and pruned weights are still exactly zero.
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, glob['dir'], 'retrained', 'checkpoints'))
+  saved = jax.device_get(ckpt._manager.restore(ckpt.latest_step())['state'])
+  ckpt.close()
+  for p, m in zip(jax.tree.leaves(saved['params']), jax.tree.leaves(saved['masks']), strict=True):
+    assert np.all(np.asarray(p)[~np.asarray(m, bool)] == 0)
+  assert 1 - np.mean(np.concatenate([np.asarray(saved['masks'][n]['kernel']).ravel()
+                                     for n in ('Dense_0', 'Dense_1', 'Dense_2')])) \
+      == pytest.approx(glob['sparsity'])
+  # A second run finds every phase done and reproduces the table.
+  again = compress.run(prune_config, workdir)
+  assert [r['test_accuracy'] for r in again['rows']] == \
+      [r['test_accuracy'] for r in results['rows']]
+
+
+def test_gradual_and_iterative(prune_config, dense_dir, tmp_path):
+  prune_config.prune.dense_dir = dense_dir
+  prune_config.prune.variants = ('magnitude/global',)
+  prune_config.prune.sparsities = (0.8,)
+  prune_config.prune.schedule = 'gradual'
+  prune_config.prune.retrain_epochs = 2
+  prune_config.prune.gradual_end_epoch = 1.0
+  prune_config.prune.gradual_every_steps = 8
+  prune_config.prune.export_formats = ()
+  row = compress.run(prune_config, str(tmp_path / 'gradual'))['rows'][0]
+  assert row['sparsity'] == pytest.approx(0.8, abs=1e-4)
+  prune_config.prune.schedule = 'iterative'
+  prune_config.prune.rounds = 2
+  prune_config.prune.retrain_epochs = 1
+  prune_config.prune.rewind_epoch = 1
+  workdir = str(tmp_path / 'iterative')
+  row = compress.run(prune_config, workdir)['rows'][0]
+  assert row['sparsity'] == pytest.approx(0.8, abs=1e-4) and row['retrain_epochs'] == 2
+  assert os.path.isdir(os.path.join(workdir, row['dir'], 'round_2', 'retrained'))
+
+
+def test_bad_prune_configs_are_refused(prune_config, tmp_path):
+  cases = [
+      ('variants', ('magnitude/diagonal',), 'kind'),
+      ('variants', ('hessian/global',), 'score'),
+      ('variants', ('magnitude/4:4',), '0 < N < M'),
+      ('sparsities', (0.5, 1.0), r'\[0, 1\)'),
+      ('sparsities', (-0.1,), r'\[0, 1\)'),
+      ('include', ('*/weight',), 'matches no parameter'),
+      ('overrides', 'Dense_0/kernel', 'PATTERN=SPARSITY'),
+      ('dense_dir', str(tmp_path / 'nothing'), 'no finished dense run'),
+  ]
+  for key, value, message in cases:
+    config = prune_config.copy_and_resolve_references()
+    config.prune[key] = value
+    with pytest.raises(ConfigError, match=message):
+      compress.run(config, str(tmp_path / f'bad_{key}'))
+  config = prune_config.copy_and_resolve_references()
+  config.prune.variants = ('magnitude/2:4',)
+  config.model.hidden_sizes = (30,)  # Dense_1 has 30 inputs: not divisible by 4.
+  config.prune.include = ('Dense_1/kernel',)
+  with pytest.raises(ConfigError, match='divisible by 4'):
+    compress.run(config, str(tmp_path / 'bad_nm'))
+
+
+def test_retrain_without_dense_checkpoint_is_refused(prune_config, tmp_path):
+  dense = tmp_path / 'dense_run'
+  dense.mkdir()
+  (dense / 'results.json').write_text(json.dumps({'epochs_run': 2}))
+  prune_config.prune.dense_dir = str(dense)
+  with pytest.raises(ConfigError, match='No dense checkpoint'):
+    compress.run(prune_config, str(tmp_path / 'prune'))
+
+
+def _retrained_arrays(workdir, label='magnitude-global_s0.9'):
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, label, 'retrained', 'checkpoints'))
+  step = ckpt.latest_step()
+  arrays = None if step is None else jax.device_get(ckpt._manager.restore(step)['state'])
+  ckpt.close()
+  return step, arrays
+
+
+def test_kill_during_retraining_resumes_with_masks(prune_config, dense_dir, tmp_path):
+  """SIGKILL mid-retrain, re-run: retraining resumes and ends equal to an uninterrupted run."""
+  workdir = str(tmp_path / 'killed')
+  args = [sys.executable, os.path.join(REPO, 'launch.py'), '--config',
+          os.path.join(REPO, 'configs', 'tiny.py'), f'--workdir={workdir}',
+          '--config.prune.enabled=True', "--config.prune.variants=('magnitude/global',)",
+          '--config.prune.sparsities=(0.9,)', '--config.prune.retrain_epochs=8',
+          "--config.prune.export_formats=()", '--config.checkpoint_every_steps=8',
+          f'--config.data.idx_dir={prune_config.data.idx_dir}',
+          f'--config.data.tfds_data_dir={prune_config.data.tfds_data_dir}',
+          f'--config.prune.dense_dir={dense_dir}', '--config.model.hidden_sizes=(32, 16)']
+  env = dict(os.environ, PYTHONPATH=REPO)
+  proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  ckpt_dir = os.path.join(workdir, 'magnitude-global_s0.9', 'retrained', 'checkpoints')
+  deadline = time.monotonic() + 120
+  while proc.poll() is None and time.monotonic() < deadline:
+    names = os.listdir(ckpt_dir) if os.path.isdir(ckpt_dir) else []
+    if any(n.isdigit() and int(n) >= 16 for n in names):
+      proc.kill()
+      break
+    time.sleep(0.05)
+  proc.wait()
+  killed_at, _ = _retrained_arrays(workdir)
+  assert killed_at is not None and killed_at < 8 * 32, 'retraining finished before the kill'
+  assert not os.path.exists(os.path.join(workdir, 'results.json'))
+  out = subprocess.run(args, env=env, capture_output=True, text=True, check=True).stdout
+  assert f'resuming at step {killed_at}' in out
+  fresh = str(tmp_path / 'fresh')  # The uninterrupted reference, in this process.
+  prune_config.prune.retrain_epochs = 8
+  prune_config.prune.export_formats = ()
+  prune_config.prune.dense_dir = dense_dir
+  prune_config.checkpoint_every_steps = 8
+  compress.run(prune_config, fresh)
+  (step_a, killed), (step_b, clean) = _retrained_arrays(workdir), _retrained_arrays(fresh)
+  assert step_a == step_b == 8 * 32
+  diffs = jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a, np.float64) -
+                                                        np.asarray(b, np.float64)))),
+                       killed, clean)
+  assert max(jax.tree.leaves(diffs)) == 0.0
+  assert np.array_equal(killed['masks']['Dense_0']['kernel'], clean['masks']['Dense_0']['kernel'])
