@@ -3,11 +3,13 @@
     .venv/bin/python bench/prune_overhead.py [--repeats 7]
 
 Measures, each as the median over `repeats` timed blocks of 900 steps (100-step compiled calls on
-resident data, as `jax_bare` in mlp_throughput.py):
+resident data, as `jax_bare` in mlp_throughput.py), the variants' blocks taken in turn so that
+drift of the machine's speed affects them alike:
   dense      the plain train step
   masked     the same with fixed masks through `pruning.masked(adam)` (masks in the state);
              also with mask_gradients=False (only the updates masked)
-  gradual    masked + the Zhu & Gupta hook recomputing global magnitude masks every 100 steps
+  gradual    updates-only masking + the Zhu & Gupta hook recomputing global magnitude masks
+             every 100 steps
 and the time of one global mask selection over the 535k weights: our bisection (no sort) vs a
 full sort for the threshold. Prints a markdown table and writes bench/out/prune_overhead.json.
 Nothing here asserts a speed.
@@ -46,21 +48,32 @@ def _state(masked: bool, mask_gradients: bool = True):
   return state
 
 
-def _time_steps(state, hook, repeats: int) -> float:
+def _block_timer(state, hook):
+  """A function that runs 900 steps (9 compiled 100-step calls) and returns ms per step."""
   rng = np.random.default_rng(0)
   chunk = jax.device_put({'image': rng.normal(size=(100, 64, 784)).astype(np.float32),
                           'label': rng.integers(0, 10, (100, 64)).astype(np.int32)})
   step = jax.jit(lambda s, c: train.train_steps(s, c, before_step=hook), donate_argnums=0)
-  state, metrics = step(state, chunk)
+  holder = [state]
+  holder[0], metrics = step(holder[0], chunk)
   jax.block_until_ready(metrics)
-  times = []
-  for _ in range(repeats):
+
+  def run_block() -> float:
     start = time.perf_counter()
     for _ in range(9):
-      state, metrics = step(state, chunk)
+      holder[0], metrics = step(holder[0], chunk)
     jax.block_until_ready(metrics)
-    times.append((time.perf_counter() - start) / 900)
-  return statistics.median(times) * 1e3
+    return (time.perf_counter() - start) / 900 * 1e3
+  return run_block
+
+
+def _interleaved(timers: dict, repeats: int) -> dict[str, float]:
+  """Median ms/step per variant, timing blocks round-robin so that machine drift hits all alike."""
+  times = {name: [] for name in timers}
+  for _ in range(repeats):
+    for name, timer in timers.items():
+      times[name].append(timer())
+  return {name: statistics.median(t) for name, t in times.items()}
 
 
 def _selection_ms(repeats: int) -> tuple[float, float]:
@@ -90,16 +103,19 @@ def _selection_ms(repeats: int) -> tuple[float, float]:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--repeats', type=int, default=7)
+  parser.add_argument('--repeats', type=int, default=15)
   args = parser.parse_args()
-  dense = _time_steps(_state(False), None, args.repeats)
-  masked_state = _state(True)
-  masked = _time_steps(masked_state, None, args.repeats)
-  updates_only = _time_steps(_state(True, mask_gradients=False), None, args.repeats)
-  prunable = pruning.prunable_tree(masked_state.params)
+  prunable = pruning.prunable_tree(_state(False).params)
   hook = gradual.mask_updater(final_sparsity=0.9, begin_step=0, end_step=10**6, frequency=100,
                               prunable=prunable)
-  grad = _time_steps(_state(True), hook, args.repeats)
+  ms = _interleaved({
+      'dense': _block_timer(_state(False), None),
+      'masked': _block_timer(_state(True), None),
+      'updates_only': _block_timer(_state(True, mask_gradients=False), None),
+      'gradual': _block_timer(_state(True, mask_gradients=False), hook),
+  }, args.repeats)
+  dense, masked, updates_only, grad = (ms[k] for k in ('dense', 'masked', 'updates_only',
+                                                       'gradual'))
   bisect_ms, sort_ms = _selection_ms(args.repeats)
   results = {'machine': f'{platform.machine()}, {os.cpu_count()} cores',
              'date': time.strftime('%Y-%m-%d'), 'jax': jax.__version__,
