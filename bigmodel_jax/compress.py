@@ -21,6 +21,7 @@ afterwards) or N:M such as 2:4 (semi-structured).
 import copy
 import dataclasses
 import fcntl
+import hashlib
 import json
 import os
 import time
@@ -330,11 +331,15 @@ def _run_one(ctx, dense_dir, dense_state, variant, sparsity, prunable) -> dict[s
   run_dir = os.path.join(ctx.workdir, label)
   prefix = f'[{label}] '
   row_path = os.path.join(run_dir, 'row.json')
-  if os.path.exists(row_path):  # Finished earlier: every phase, the export and the timings.
+  fingerprint = hashlib.sha256(json.dumps(ctx.config.to_dict(), sort_keys=True,
+                                          default=str).encode()).hexdigest()[:16]
+  if os.path.exists(row_path):  # Finished earlier with this config: phases, export, timings.
     with open(row_path) as f:
-      return json.load(f)
-  row = {'variant': variant.name, 'schedule': p.schedule, 'target_sparsity': sparsity,
-         'dir': label}
+      cached = json.load(f)
+    if cached.get('config_fingerprint') == fingerprint:
+      return cached
+  row = {'config_fingerprint': fingerprint, 'variant': variant.name, 'schedule': p.schedule,
+         'target_sparsity': sparsity, 'dir': label}
   retrain_epochs_total = 0
   if p.schedule == 'gradual':
     steps = ctx.steps_per_epoch

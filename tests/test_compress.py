@@ -77,6 +77,12 @@ def test_sweep_end_to_end(prune_config, tmp_path):
   again = compress.run(prune_config, workdir)
   assert [r['test_accuracy'] for r in again['rows']] == \
       [r['test_accuracy'] for r in results['rows']]
+  # A changed config is not served from the cache: retraining resumes from its last checkpoint
+  # (params, optimizer state and masks restored) and trains the extra epoch.
+  prune_config.prune.retrain_epochs = 2
+  more = compress.run(prune_config, workdir)
+  assert [r['retrain_epochs'] for r in more['rows']] == [2, 2]
+  assert [r['sparsity'] for r in more['rows']] == [r['sparsity'] for r in results['rows']]
 
 
 def test_gradual_and_iterative(prune_config, dense_dir, tmp_path):

@@ -61,7 +61,7 @@ def test_invalid_value_is_one_clear_sentence(tiny_config, tmp_path):
 
 
 def test_kill_dash_nine_then_rerun_matches_an_uninterrupted_run(tiny_config, tmp_path):
-  overrides = ['--config.num_epochs=40', '--config.checkpoint_every_steps=8',
+  overrides = ['--config.num_epochs=12', '--config.checkpoint_every_steps=8',
                '--config.model.dropout_rate=0.2']
   workdir = tmp_path / 'killed'
   proc = subprocess.Popen(_command(tiny_config, workdir, *overrides), cwd=REPO_ROOT,
@@ -77,14 +77,14 @@ def test_kill_dash_nine_then_rerun_matches_an_uninterrupted_run(tiny_config, tmp
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   killed_at = checkpoint.Checkpointer(str(ckpt_dir)).latest_step()
-  assert killed_at is not None and killed_at < 40 * 32, 'the run finished before it was killed'
+  assert killed_at is not None and killed_at < 12 * 32, 'the run finished before it was killed'
   assert not (workdir / 'results.json').exists()
 
   rerun = _run(_command(tiny_config, workdir, *overrides), timeout=300)
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   assert f'resuming at step {killed_at}' in rerun.stdout
 
-  tiny_config.num_epochs = 40
+  tiny_config.num_epochs = 12
   tiny_config.checkpoint_every_steps = 8
   tiny_config.model.dropout_rate = 0.2
   straight = str(tmp_path / 'straight')
