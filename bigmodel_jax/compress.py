@@ -20,7 +20,6 @@ afterwards) or N:M such as 2:4 (semi-structured).
 
 import copy
 import dataclasses
-import fcntl
 import hashlib
 import json
 import os
@@ -170,19 +169,24 @@ class _Context:
     self.test_split = (self.datasets.test if self.datasets.test is not None
                        else self.datasets.eval)
     self.input_shape = self.datasets.train.images.shape[1:]
+    self.template = jax.jit(self.init_fn(config))()  # Fresh init; evaluation swaps params in.
 
-  def dense_state(self, dense_dir: str, step: int | None = None) -> train_state.TrainState:
-    """Restores the dense run's state (latest, or `step`)."""
-    total = self.config.num_epochs * self.steps_per_epoch
-    tx, _ = optim.create_optimizer(self.config.optimizer, self.steps_per_epoch, total)
-    init = lambda: train_state.create_train_state(  # noqa: E731
-        self.config.seed, model=self.model, tx=tx, input_shape=self.input_shape)
-    ckpt = checkpoint.Checkpointer(os.path.join(dense_dir, 'checkpoints'), async_save=False)
+  def init_fn(self, cfg: ml_collections.ConfigDict, masked: bool = False):
+    """() -> the initial TrainState of a run of `cfg` (dense, or masked for retraining)."""
+    steps = cfg.num_epochs * self.steps_per_epoch
+    tx, _ = optim.create_optimizer(cfg.optimizer, self.steps_per_epoch, steps)
+    tx = pruning.masked(tx) if masked else tx
+    return lambda: train_state.create_train_state(
+        cfg.seed, model=self.model, tx=tx, input_shape=self.input_shape, masked=masked)
+
+  def restore(self, run_dir: str, init, step: int | None = None) -> train_state.TrainState:
+    """The state of the training workdir `run_dir` at `step` (default: its latest checkpoint)."""
+    ckpt = checkpoint.Checkpointer(os.path.join(run_dir, 'checkpoints'), async_save=False)
     try:
       step = ckpt.latest_step() if step is None else step
       if step is None or step not in ckpt.all_steps():
         raise ConfigError(
-            f'No dense checkpoint{"" if step is None else f" at step {step}"} in {dense_dir}: '
+            f'No dense checkpoint{"" if step is None else f" at step {step}"} in {run_dir}: '
             'run the dense phase first (leave prune.dense_dir empty to train it here), or point '
             'prune.dense_dir at a finished run of the same model.')
       abstract = jax.eval_shape(init)
@@ -191,14 +195,12 @@ class _Context:
       ckpt.close()
     return abstract.replace_arrays(arrays)
 
-  def fresh_state(self) -> train_state.TrainState:
-    tx, _ = optim.create_optimizer(self.config.optimizer, self.steps_per_epoch,
-                                   self.config.num_epochs * self.steps_per_epoch)
-    return jax.jit(lambda: train_state.create_train_state(
-        self.config.seed, model=self.model, tx=tx, input_shape=self.input_shape))()
+  def dense_state(self, dense_dir: str, step: int | None = None) -> train_state.TrainState:
+    """Restores the dense run's state (latest, or `step`)."""
+    return self.restore(dense_dir, self.init_fn(self.config), step)
 
-  def test_accuracy(self, state, params) -> float:
-    state = state.replace(params=params)
+  def test_accuracy(self, params) -> float:
+    state = self.template.replace(params=params)
     return loop.evaluate(self.eval_fn, state, self.test_split,
                          self.config.eval_batch_size)['accuracy']
 
@@ -252,7 +254,7 @@ def _prune_phase(ctx, directory, variant, sparsity, params, prunable, previous_m
             'sparsity': stats['sparsity'], 'total_sparsity': stats['total_sparsity'],
             'select_seconds': seconds,
             'neuron_keep': [np.asarray(k).astype(int).tolist() for k in keep] if keep else None}
-    meta['test_accuracy'] = ctx.test_accuracy(ctx.fresh_state(), params)
+    meta['test_accuracy'] = ctx.test_accuracy(params)
     ckpt.save(0, {'params': params, 'masks': masks}, meta)
     ckpt.wait()
     return params, masks, keep, meta
@@ -261,35 +263,18 @@ def _prune_phase(ctx, directory, variant, sparsity, params, prunable, previous_m
 
 
 def _retrain_phase(ctx, directory, params, masks, prunable, epochs, before_step=None,
-                   prefix=''):
+                   prefix='') -> train_state.TrainState:
   """Masked retraining from (params, masks) with a fresh optimizer; resumable in `directory`."""
   def start(state):
     state = state.replace(params=pruning.apply_masks(params, masks), masks=masks)
     return state.replace(opt_state=pruning.prune_opt_state(state.tx, state.opt_state, masks))
   cfg = _retrain_config(ctx.config, epochs)
-  results = loop.train_and_evaluate(cfg, directory, masked=True, initial_state=start,
-                                    before_step=before_step, prunable=prunable,
-                                    log_prefix=prefix)
-  state = _restore_masked(ctx, cfg, directory)
-  return state, results
+  loop.train_and_evaluate(cfg, directory, masked=True, initial_state=start,
+                          before_step=before_step, prunable=prunable, log_prefix=prefix)
+  return ctx.restore(directory, ctx.init_fn(cfg, masked=True))
 
 
-def _restore_masked(ctx, cfg, directory) -> train_state.TrainState:
-  steps = cfg.num_epochs * ctx.steps_per_epoch
-  tx, _ = optim.create_optimizer(cfg.optimizer, ctx.steps_per_epoch, steps)
-  init = lambda: train_state.create_train_state(  # noqa: E731
-      cfg.seed, model=ctx.model, tx=pruning.masked(tx), input_shape=ctx.input_shape,
-      masked=True)
-  ckpt = checkpoint.Checkpointer(os.path.join(directory, 'checkpoints'), async_save=False)
-  try:
-    abstract = jax.eval_shape(init)
-    arrays, _ = ckpt.restore(ckpt.latest_step(), abstract.arrays())
-  finally:
-    ckpt.close()
-  return abstract.replace_arrays(arrays)
-
-
-def _export(ctx, directory, params, masks, prunable, dense_state) -> dict[str, Any]:
+def _export(ctx, directory, params, masks, prunable) -> dict[str, Any]:
   """Writes each configured compact format, reloads it and checks its predictions."""
   os.makedirs(directory, exist_ok=True)
   out = {}
@@ -304,7 +289,7 @@ def _export(ctx, directory, params, masks, prunable, dense_state) -> dict[str, A
         'path': os.path.relpath(path, ctx.workdir), 'bytes': sizes['file_bytes'],
         'dense_float32_bytes': sizes['dense_float32_bytes'],
         'max_abs_logit_diff': float(jnp.max(jnp.abs(logits - reference))),
-        'test_accuracy': ctx.test_accuracy(dense_state, loaded),
+        'test_accuracy': ctx.test_accuracy(loaded),
     }
   return out
 
@@ -347,9 +332,9 @@ def _run_one(ctx, dense_dir, dense_state, variant, sparsity, prunable) -> dict[s
         final_sparsity=sparsity, begin_step=int(p.gradual_begin_epoch * steps),
         end_step=int(p.gradual_end_epoch * steps), frequency=p.gradual_every_steps,
         prunable=prunable, scope=variant.kind, method=variant.score, seed=ctx.config.seed + 1)
-    state, results = _retrain_phase(ctx, os.path.join(run_dir, 'retrained'), dense_state.params,
-                                    pruning.ones_like(dense_state.params), prunable,
-                                    p.retrain_epochs, before_step=hook, prefix=prefix)
+    state = _retrain_phase(ctx, os.path.join(run_dir, 'retrained'), dense_state.params,
+                           pruning.ones_like(dense_state.params), prunable, p.retrain_epochs,
+                           before_step=hook, prefix=prefix)
     params, masks, keep = state.params, state.masks, None
     row['one_shot_test_accuracy'] = None
     retrain_epochs_total = p.retrain_epochs
@@ -359,7 +344,7 @@ def _run_one(ctx, dense_dir, dense_state, variant, sparsity, prunable) -> dict[s
                else [sparsity])
     rewind = None
     if p.schedule == 'iterative' and p.rewind_epoch >= 0:
-      rewind = (ctx.fresh_state() if p.rewind_epoch == 0 else
+      rewind = (ctx.template if p.rewind_epoch == 0 else
                 ctx.dense_state(dense_dir, p.rewind_epoch * ctx.steps_per_epoch)).params
     params, masks = dense_state.params, None
     for r, target in enumerate(targets):
@@ -373,8 +358,8 @@ def _run_one(ctx, dense_dir, dense_state, variant, sparsity, prunable) -> dict[s
       if rewind is not None:
         params = pruning.apply_masks(rewind, masks)
       if p.retrain_epochs > 0:
-        state, results = _retrain_phase(ctx, os.path.join(where, 'retrained'), params, masks,
-                                        prunable, p.retrain_epochs, prefix=prefix)
+        state = _retrain_phase(ctx, os.path.join(where, 'retrained'), params, masks,
+                               prunable, p.retrain_epochs, prefix=prefix)
         params, masks = state.params, state.masks
         retrain_epochs_total += p.retrain_epochs
   stats = pruning.sparsity_stats(params, masks, prunable)
@@ -382,29 +367,16 @@ def _run_one(ctx, dense_dir, dense_state, variant, sparsity, prunable) -> dict[s
              nonzero=stats['total_nonzero'], dense_bytes=stats['dense_bytes'],
              retrain_epochs=retrain_epochs_total,
              total_epochs=ctx.config.num_epochs + retrain_epochs_total,
-             test_accuracy=ctx.test_accuracy(dense_state, params),
+             test_accuracy=ctx.test_accuracy(params),
              layers={k: v['sparsity'] for k, v in stats['layers'].items()})
   if p.export_formats:
-    row['export'] = _export(ctx, os.path.join(run_dir, 'export'), params, masks, prunable,
-                            dense_state)
+    row['export'] = _export(ctx, os.path.join(run_dir, 'export'), params, masks, prunable)
   if variant.kind == 'neuron' and p.measure_latency:
     row['structured'] = _latency(ctx, dense_state.params, keep, params)
   if jax.process_index() == 0:
     with open(row_path, 'w') as f:
       json.dump(row, f, indent=1)
   return row
-
-
-def _lock(workdir: str):
-  if jax.process_index() != 0:
-    return None
-  handle = open(os.path.join(workdir, '.prune-lock'), 'w')
-  try:
-    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-  except BlockingIOError:
-    handle.close()
-    raise ConfigError(f'Another run is using --workdir={workdir}.') from None
-  return handle
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -414,7 +386,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   p = config.prune
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
-  lock = _lock(workdir)  # noqa: F841  (held until this function returns)
+  lock = loop.lock_workdir(workdir, '.prune-lock')  # noqa: F841  (held until the end)
   console = metrics.Console()
   start = time.monotonic()
 
@@ -433,7 +405,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     dense_results = loop.train_and_evaluate(config, dense_dir, keep_steps=keep,
                                             log_prefix='[dense] ')
   dense_state = ctx.dense_state(dense_dir)
-  dense_accuracy = ctx.test_accuracy(dense_state, dense_state.params)
+  dense_accuracy = ctx.test_accuracy(dense_state.params)
   prunable = pruning.prunable_tree(dense_state.params, tuple(p.include), tuple(p.exclude))
   console.line(f'Dense model: test_accuracy {dense_accuracy:.4f} ({dense_dir}); pruning '
                f'{len(variants)} variant(s) x {len(p.sparsities)} sparsity(ies), schedule '

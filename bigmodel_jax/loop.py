@@ -86,11 +86,11 @@ def _trim(chunk: dict[str, np.ndarray], steps: int) -> dict[str, np.ndarray]:
   return {k: v[:steps] for k, v in chunk.items()}
 
 
-def _lock_workdir(workdir: str):
-  """An exclusive lock on WORKDIR/.lock (released when the process ends, even by kill -9)."""
+def lock_workdir(workdir: str, name: str = '.lock'):
+  """An exclusive lock on WORKDIR/NAME (released when the process ends, even by kill -9)."""
   if jax.process_index() != 0:
     return None
-  handle = open(os.path.join(workdir, '.lock'), 'w')
+  handle = open(os.path.join(workdir, name), 'w')
   try:
     fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
   except BlockingIOError:
@@ -130,7 +130,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   config_checks.validate_config(config)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
-  lock = _lock_workdir(workdir)  # noqa: F841  (held until this function returns)
+  lock = lock_workdir(workdir)  # noqa: F841  (held until this function returns)
   console = metrics.Console(prefix=log_prefix)
 
   datasets = data.load_datasets(config.data)

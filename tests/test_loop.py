@@ -155,7 +155,7 @@ def test_a_changed_epoch_length_is_refused(tiny_config, tmp_path):
 def test_two_runs_cannot_share_a_workdir(tiny_config, tmp_path):
   workdir = tmp_path / 'run'
   workdir.mkdir()
-  held = loop._lock_workdir(str(workdir))
+  held = loop.lock_workdir(str(workdir))
   with pytest.raises(ConfigError, match='Another run is using'):
     loop.train_and_evaluate(tiny_config, str(workdir))
   held.close()
