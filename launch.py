@@ -9,7 +9,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from bigmodel_jax import compress, errors, loop
+from bigmodel_jax import compress, errors, loop, parallel
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Folder for checkpoints, logs and results; re-use to resume.')
@@ -22,6 +22,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   try:
+    parallel.initialize_distributed(FLAGS.config.parallelism)  # Before any other JAX call.
     if FLAGS.config.prune.enabled:
       compress.run(FLAGS.config, FLAGS.workdir)
     else:

@@ -98,6 +98,18 @@ class Checkpointer:
     logging.info('Restored checkpoint step %d from %s', step, self.directory)
     return restored['state'], restored['meta']
 
+  def restore_arrays(self, step: int, device: jax.Device | None = None) -> Any:
+    """The saved state arrays of `step` on one `device` (default: the first), needing no model
+    or config: for inspecting or comparing checkpoints written on any number of devices.
+    Optimizer states come back as plain dicts and lists."""
+    device = device or jax.devices()[0]
+    sharding = jax.sharding.SingleDeviceSharding(device)
+    saved = self._manager.item_metadata(step)['state']
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
+                          saved)
+    return self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target)))['state']
+
   def wait(self) -> None:
     """Blocks until background saves are on disk."""
     self._manager.wait_until_finished()

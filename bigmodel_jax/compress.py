@@ -40,10 +40,10 @@ from bigmodel_jax import (
   metrics,
   models,
   optim,
+  parallel,
   pruning,
   report,
   timing,
-  train,
   train_state,
 )
 from bigmodel_jax.errors import ConfigError
@@ -160,16 +160,17 @@ class _Context:
 
   def __init__(self, config, workdir, console):
     self.config, self.workdir, self.console = config, workdir, console
-    self.datasets = data.load_datasets(config.data)
+    self.datasets = parallel.process_zero_first(lambda: data.load_datasets(config.data))
     n_train = len(self.datasets.train)
     self.steps_per_epoch = n_train // config.batch_size
     self.model = models.create_model(config.model, self.datasets.num_classes)
     self.loss = losses.LOSSES[config.loss]
-    self.eval_fn = jax.jit(lambda state, batch: train.eval_step(state, batch, loss_fn=self.loss))
+    self.par = parallel.from_config(config)
+    self.eval_call = self.par.eval_call(loss_fn=self.loss)
     self.test_split = (self.datasets.test if self.datasets.test is not None
                        else self.datasets.eval)
     self.input_shape = self.datasets.train.images.shape[1:]
-    self.template = jax.jit(self.init_fn(config))()  # Fresh init; evaluation swaps params in.
+    self.template = self.par.init(self.init_fn(config))  # Evaluation swaps params in.
 
   def init_fn(self, cfg: ml_collections.ConfigDict, masked: bool = False):
     """() -> the initial TrainState of a run of `cfg` (dense, or masked for retraining)."""
@@ -190,7 +191,7 @@ class _Context:
             'run the dense phase first (leave prune.dense_dir empty to train it here), or point '
             'prune.dense_dir at a finished run of the same model.')
       abstract = jax.eval_shape(init)
-      arrays, _ = ckpt.restore(step, abstract.arrays())
+      arrays, _ = ckpt.restore(step, self.par.abstract(abstract.arrays()))
     finally:
       ckpt.close()
     return abstract.replace_arrays(arrays)
@@ -201,8 +202,8 @@ class _Context:
 
   def test_accuracy(self, params) -> float:
     state = self.template.replace(params=params)
-    return loop.evaluate(self.eval_fn, state, self.test_split,
-                         self.config.eval_batch_size)['accuracy']
+    return loop.evaluate(self.eval_call, self.par, state, self.test_split,
+                         self.par.eval_batch_size)['accuracy']
 
   def score_batches(self) -> list[dict[str, np.ndarray]]:
     p = self.config.prune
@@ -240,12 +241,12 @@ def _prune_phase(ctx, directory, variant, sparsity, params, prunable, previous_m
   try:
     target = {'params': params, 'masks': pruning.ones_like(params)}
     if ckpt.latest_step() is not None:
-      arrays, meta = ckpt.restore(ckpt.latest_step(), target)
+      arrays, meta = ckpt.restore(ckpt.latest_step(), ctx.par.abstract(target))
       keep = [np.asarray(k, bool) for k in meta['neuron_keep']] if meta.get('neuron_keep') else None
       return arrays['params'], arrays['masks'], keep, meta
     start = time.perf_counter()
     masks, keep = _masks_for(ctx, variant, sparsity, params, prunable, previous_masks)
-    masks = jax.block_until_ready(masks)
+    masks = jax.block_until_ready(ctx.par.place(masks))  # Laid out like the params.
     keep = [np.asarray(k, bool) for k in keep] if keep is not None else None
     seconds = time.perf_counter() - start
     params = pruning.apply_masks(params, masks)
@@ -277,6 +278,7 @@ def _retrain_phase(ctx, directory, params, masks, prunable, epochs, before_step=
 def _export(ctx, directory, params, masks, prunable) -> dict[str, Any]:
   """Writes each configured compact format, reloads it and checks its predictions."""
   os.makedirs(directory, exist_ok=True)
+  params, masks = ctx.par.to_host((params, masks))
   out = {}
   reference = ctx.model.apply({'params': params}, ctx.test_split.images[:1000])
   for quantize in ctx.config.prune.export_formats:
@@ -295,6 +297,7 @@ def _export(ctx, directory, params, masks, prunable) -> dict[str, Any]:
 
 
 def _latency(ctx, dense_params, keep, params) -> dict[str, Any]:
+  dense_params, params = ctx.par.to_host((dense_params, params))
   small_model, small_params = pruning.shrink_mlp(ctx.model, params, keep)
   dim = int(np.prod(ctx.input_shape))
   result = {'hidden_sizes': list(small_model.hidden_sizes)}
@@ -425,7 +428,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       'dense_dir': dense_dir, 'dense_test_accuracy': dense_accuracy,
       'dense_epochs': dense_results.get('epochs_run'), 'rows': rows,
       'wall_time_s': time.monotonic() - start, 'jax_version': jax.__version__,
-      'backend': jax.default_backend(), 'num_devices': jax.device_count(),
+      'backend': jax.default_backend(), 'num_devices': len(ctx.par.devices),
+      'parallelism': ctx.par.describe(),
   }
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'results.json'), 'w') as f:

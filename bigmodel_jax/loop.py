@@ -27,6 +27,7 @@ from bigmodel_jax import (
   metrics,
   models,
   optim,
+  parallel,
   pruning,
   report,
   train,
@@ -41,45 +42,23 @@ def _fresh_meta() -> dict[str, Any]:
           'stopped_early': False, 'train_time_s': 0.0, 'wall_time_s': 0.0, 'compile_time_s': 0.0}
 
 
-def evaluate(eval_fn, state: train_state.TrainState, split: data.Split,
-             batch_size: int) -> dict[str, float]:
-  """Mean loss and accuracy over every example of `split` (padding masked out)."""
-  sums = [eval_fn(state, batch) for batch in data.eval_batches(split, batch_size)]
+def evaluate(eval_call, par: parallel.Parallelism, state: train_state.TrainState,
+             split: data.Split, batch_size: int) -> dict[str, float]:
+  """Mean loss and accuracy over every example of `split` (padding masked out).
+
+  Args:
+    eval_call: `par.eval_call(...)`.
+    par: the run's layout; each host feeds its rows of every global batch.
+    state: the state to evaluate.
+    split: the examples.
+    batch_size: global evaluation batch.
+  """
+  rows = par.local_rows(batch_size)
+  sums = [eval_call(state, par.put_batch(batch, stacked=False))
+          for batch in data.eval_batches(split, batch_size, rows)]
   totals = jax.device_get(jax.tree.map(lambda *xs: sum(xs), *sums))
   return {'loss': float(totals['loss_sum'] / totals['count']),
           'accuracy': float(totals['correct_sum'] / totals['count'])}
-
-
-class _StepCompiler:
-  """Compiles the chunked train step ahead of time, once per chunk length, and logs its cost."""
-
-  def __init__(self, loss_fn, batch_size: int, before_step=None):
-    self._jitted = jax.jit(functools.partial(train.train_steps, loss_fn=loss_fn,
-                                             before_step=before_step),
-                           donate_argnums=0)
-    self._compiled = {}
-    self._batch_size = batch_size
-    self.seconds = 0.0
-    self.flops_per_step = None
-
-  def __call__(self, state, chunk):
-    k = chunk['label'].shape[0]
-    if k not in self._compiled:
-      start = time.perf_counter()
-      compiled = self._jitted.lower(state, chunk).compile()
-      self.seconds += time.perf_counter() - start
-      cost = compiled.cost_analysis()
-      cost = cost[0] if isinstance(cost, list | tuple) else cost
-      flops = (cost or {}).get('flops')
-      memory = compiled.memory_analysis()
-      if flops and self.flops_per_step is None:
-        self.flops_per_step = flops / k
-      logging.info('Compiled %d-step train call in %.2fs: %s GFLOP/step, temp %s MiB',
-                   k, time.perf_counter() - start,
-                   f'{flops / k / 1e9:.3f}' if flops else '?',
-                   f'{memory.temp_size_in_bytes / 2**20:.1f}' if memory else '?')
-      self._compiled[k] = compiled
-    return self._compiled[k](state, chunk)
 
 
 def _trim(chunk: dict[str, np.ndarray], steps: int) -> dict[str, np.ndarray]:
@@ -128,12 +107,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   """
   session_start = time.monotonic()
   config_checks.validate_config(config)
+  par = parallel.from_config(config)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   lock = lock_workdir(workdir)  # noqa: F841  (held until this function returns)
   console = metrics.Console(prefix=log_prefix)
 
-  datasets = data.load_datasets(config.data)
+  datasets = parallel.process_zero_first(lambda: data.load_datasets(config.data))
   n_train = len(datasets.train)
   if config.batch_size > n_train:
     raise ConfigError(f'config.batch_size={config.batch_size} is larger than the {n_train} '
@@ -156,13 +136,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                                  max_to_keep=config.checkpoint_max_to_keep,
                                  async_save=config.checkpoint_async, keep_steps=keep_steps)
   latest = ckpt.latest_step()
+  init = functools.partial(init, config.seed)
   if latest is None:
-    state, meta = jax.jit(init)(config.seed), _fresh_meta()
+    state, meta = par.init(init), _fresh_meta()
     if initial_state is not None:
-      state = initial_state(state)
+      state = par.place(initial_state(state))
   else:
-    abstract = jax.eval_shape(init, config.seed)
-    arrays, meta = ckpt.restore(latest, abstract.arrays())
+    # Restored straight into this run's shardings, whatever device count wrote the checkpoint.
+    abstract = jax.eval_shape(init)
+    arrays, meta = ckpt.restore(latest, par.abstract(abstract.arrays()))
     state = abstract.replace_arrays(arrays)
   step = int(meta['step'])
   if 'data_position' in meta and meta['data_position'] != {
@@ -190,7 +172,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                                  if meta['train_time_s'] else None),
         'batch_size': config.batch_size, 'jax_version': jax.__version__,
         'backend': jax.default_backend(), 'device_kind': jax.devices()[0].device_kind,
-        'num_devices': jax.device_count(),
+        'num_devices': len(par.devices), 'parallelism': par.describe(),
         'finished_at': datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds'),
         'history': history,
     }
@@ -199,14 +181,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       results['sparsity'] = stats['sparsity']
       results['sparsity_stats'] = stats
     if datasets.test is not None:
-      test = evaluate(eval_fn, state, datasets.test, config.eval_batch_size)
+      test = evaluate(eval_call, par, state, datasets.test, par.eval_batch_size)
       results.update(test_loss=test['loss'], test_accuracy=test['accuracy'])
     else:
       results.update(test_loss=results['final_eval_loss'],
                      test_accuracy=results['final_eval_accuracy'])
     return results
 
-  eval_fn = jax.jit(functools.partial(train.eval_step, loss_fn=loss_fn))
+  eval_call = par.eval_call(loss_fn=loss_fn)
   if step >= total_steps or meta['stopped_early']:
     previous = report.read_results(workdir)
     if previous is not None:
@@ -216,10 +198,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   console.line(f'{config.name}: {num_params:,} params, {n_train:,} train / '
                f'{len(datasets.eval):,} eval examples, {steps_per_epoch} steps/epoch, '
-               f'{num_epochs} epochs, {jax.device_count()} {jax.default_backend()} device(s)'
+               f'{num_epochs} epochs; {par.summary()}'
                + (f'; resuming at step {step}' if step else ''))
   writer = metrics.MetricWriter(os.path.join(workdir, 'tensorboard'))
-  compile_step = _StepCompiler(loss_fn, config.batch_size, before_step)
+  compile_step = par.train_call(state, loss_fn=loss_fn, before_step=before_step)
+  rows = par.local_rows(config.batch_size)
   learning_rate = jax.jit(schedule)  # Compiled once here, not eagerly op by op inside epoch 1.
   learning_rate(step)
   profile_dir, profiled_steps = os.path.join(workdir, 'profile'), None
@@ -249,7 +232,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       chunks = data.train_chunks(datasets.train, batch_size=config.batch_size,
                                  steps_per_call=config.steps_per_call, seed=config.seed,
                                  epoch=epoch, shuffle=config.data.shuffle,
-                                 start_step=step - epoch_start)
+                                 start_step=step - epoch_start, rows=rows)
       upcoming = next(chunks, None)
       while upcoming is not None and step < epoch_end:
         _, chunk = upcoming
@@ -258,7 +241,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         if profiled_steps is None and config.profile_steps > 0 and jax.process_index() == 0:
           jax.profiler.start_trace(profile_dir)
           profiled_steps = 0
-        state, step_metrics = compile_step(state, chunk)
+        compiled_before = compile_step.seconds
+        state, step_metrics = compile_step(state, par.put_batch(chunk, stacked=True))
+        if compile_step.seconds > compiled_before and compile_step.flops:
+          console.line(f'compiled a {k}-step call in {compile_step.seconds - compiled_before:.1f}s'
+                       f': {compile_step.flops / k / 1e9:.3f} GFLOP per step per device, '
+                       + ', '.join(f'{name} {size / 2**20:.1f} MiB' for name, size in
+                                   (compile_step.memory or {}).items()))
         upcoming = next(chunks, None)  # Gather the next chunk while this one computes.
         step_metrics = jax.device_get(step_metrics)
         bad = np.flatnonzero(~np.isfinite(step_metrics['loss']))
@@ -303,7 +292,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
           save(state)
       train_seconds = (time.monotonic() - epoch_clock
                        - (compile_step.seconds - compile_seconds_before))
-      evaluation = evaluate(eval_fn, state, datasets.eval, config.eval_batch_size)
+      evaluation = evaluate(eval_call, par, state, datasets.eval, par.eval_batch_size)
       epoch_times.append(time.monotonic() - epoch_clock)
       record = {
           'epoch': epoch + 1, 'step': step, 'steps': sums['steps'],

@@ -4,6 +4,7 @@ import json
 import os
 from typing import Any
 
+import jax
 from absl import logging
 
 RESULTS_FILE = 'results.json'
@@ -11,8 +12,13 @@ CURVES_FILE = 'curves.png'
 
 
 def write_results(workdir: str, results: dict[str, Any]) -> str:
-  """Writes `results` as JSON atomically (a temp file then rename); returns the path."""
+  """Writes `results` as JSON atomically (a temp file then rename); returns the path.
+
+  On several hosts only process 0 writes.
+  """
   path = os.path.join(workdir, RESULTS_FILE)
+  if jax.process_index() != 0:
+    return path
   tmp = path + '.tmp'
   with open(tmp, 'w') as f:
     json.dump(results, f, indent=2, sort_keys=True)
@@ -30,8 +36,8 @@ def read_results(workdir: str) -> dict[str, Any] | None:
 
 
 def plot_curves(workdir: str, history: list[dict[str, Any]], title: str) -> str | None:
-  """Plots train/eval loss and eval accuracy per epoch to WORKDIR/curves.png."""
-  if not history:
+  """Plots train/eval loss and eval accuracy per epoch to WORKDIR/curves.png (process 0)."""
+  if not history or jax.process_index() != 0:
     return None
   import matplotlib  # Late import: the library works without a display or plots.
   matplotlib.use('Agg')

@@ -22,7 +22,8 @@ StateHook = Callable[[TrainState], TrainState]
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *,
                loss_fn: LossFn = losses.cross_entropy,
-               before_step: StateHook | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
+               before_step: StateHook | None = None,
+               axis_name: str | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer update on `batch`.
 
   Args:
@@ -32,6 +33,9 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *,
     loss_fn: per-example loss (logits, labels) -> [batch].
     before_step: optional pure function applied to the state first (gradual pruning uses it to
       update masks on schedule inside the compiled step).
+    axis_name: under `jax.pmap`, the mapped axis: `batch` is this device's share of the global
+      batch; gradients and metrics are averaged over the axis (`lax.pmean`) and dropout keys
+      differ per device. None under `jax.jit`, sharded or not (XLA does the reductions).
 
   Returns:
     (new state, {'loss': scalar, 'accuracy': scalar}) for this batch, before the update.
@@ -39,6 +43,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *,
   if before_step is not None:
     state = before_step(state)
   dropout_key = jax.random.fold_in(state.rng, state.step)
+  if axis_name is not None:
+    dropout_key = jax.random.fold_in(dropout_key, jax.lax.axis_index(axis_name))
 
   def loss_of(params):
     logits = state.apply_fn({'params': params}, batch['image'], train=True,
@@ -46,37 +52,47 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *,
     return jnp.mean(loss_fn(logits, batch['label'])), logits
 
   (loss, logits), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+  accuracy = jnp.mean(losses.correct(logits, batch['label']))
+  if axis_name is not None:
+    # pmap hands each device the unmapped params and returns its local gradient: average them.
+    # (Inside jax.shard_map the rule differs: there gradients of replicated params arrive summed.)
+    grads, loss, accuracy = jax.lax.pmean((grads, loss, accuracy), axis_name)
   extra = {} if state.masks is None else {'masks': state.masks}
   updates, opt_state = state.tx.update(grads, state.opt_state, state.params, **extra)
   new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                             opt_state=opt_state)
-  return new_state, {'loss': loss, 'accuracy': jnp.mean(losses.correct(logits, batch['label']))}
+  return new_state, {'loss': loss, 'accuracy': accuracy}
 
 
 def train_steps(state: TrainState, batches: dict[str, jax.Array], *,
                 loss_fn: LossFn = losses.cross_entropy,
-                before_step: StateHook | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
+                before_step: StateHook | None = None,
+                axis_name: str | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
   """`train_step` over a stack of batches ({'image': [k, batch, ...], 'label': [k, batch]}).
 
   One compiled call runs k steps with `lax.scan`, which removes k-1 dispatches from the Python
   loop. Returns the final state and per-step metrics [k].
   """
   def body(carry, batch):
-    return train_step(carry, batch, loss_fn=loss_fn, before_step=before_step)
+    return train_step(carry, batch, loss_fn=loss_fn, before_step=before_step, axis_name=axis_name)
   return jax.lax.scan(body, state, batches)
 
 
 def eval_step(state: TrainState, batch: dict[str, jax.Array], *,
-              loss_fn: LossFn = losses.cross_entropy) -> dict[str, jax.Array]:
+              loss_fn: LossFn = losses.cross_entropy,
+              axis_name: str | None = None) -> dict[str, jax.Array]:
   """Sums over a batch; padded examples carry batch['mask'] == 0 and count for nothing.
+
+  Under `jax.pmap` pass the mapped `axis_name`: the sums then cover every device's share.
 
   Returns:
     {'loss_sum', 'correct_sum', 'count'}: divide the first two by 'count' after summing batches.
   """
   logits = state.apply_fn({'params': state.params}, batch['image'], train=False)
   mask = batch.get('mask', jnp.ones(batch['label'].shape, jnp.float32))
-  return {
+  sums = {
       'loss_sum': jnp.sum(loss_fn(logits, batch['label']) * mask),
       'correct_sum': jnp.sum(losses.correct(logits, batch['label']) * mask),
       'count': jnp.sum(mask),
   }
+  return sums if axis_name is None else jax.lax.psum(sums, axis_name)

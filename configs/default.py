@@ -78,6 +78,24 @@ def get_config() -> ml_collections.ConfigDict:
   config.profile_steps = 0  # >0: jax.profiler trace of about this many steps, in WORKDIR/profile.
   config.write_plot = True  # Write WORKDIR/curves.png at the end.
 
+  # --- Devices and hosts (bigmodel_jax/parallel.py) -------------------------
+  config.parallelism = par = ml_collections.ConfigDict()
+  # single  - plain jit on the first device (the reference).
+  # pmap    - jax.pmap data parallelism: state replicated, batch split, gradients pmean-ed.
+  # sharded - jit over a Mesh('data', 'fsdp'): batch split over both axes, params / optimizer
+  #           state / masks replicated (fsdp = 1) or split over 'fsdp' (FSDP / ZeRO-3 style).
+  par.mode = 'sharded'
+  par.data = -1  # sharded: devices on the 'data' axis; -1 = the rest (devices / fsdp).
+  par.fsdp = 1  # sharded: devices on the 'fsdp' axis that split each large leaf (1 = replicate).
+  par.fsdp_min_size = 1024  # sharded: leaves with fewer elements stay replicated.
+  par.num_devices = -1  # One host only: use the first N devices (-1 = all of the cluster's).
+  par.distributed = False  # Call jax.distributed.initialize() first (several hosts / processes).
+  par.coordinator_address = ''  # 'host:port' of process 0; '' = auto-detect (SLURM, TPU pod, ...).
+  par.num_processes = -1  # Processes in the cluster; -1 = auto-detect.
+  par.process_id = -1  # This process's index; -1 = auto-detect.
+  par.cpu_collectives = 'gloo'  # CPU clusters only: collectives library ('gloo' or 'mpi').
+  par.heartbeat_timeout_s = 100  # A dead peer is noticed after this many seconds.
+
   # --- Pruning (bigmodel_jax/compress.py; off unless enabled) -----------------
   config.prune = prune = ml_collections.ConfigDict()
   prune.enabled = False  # True: launch.py runs dense -> prune -> retrain instead of plain training.

@@ -1,10 +1,17 @@
 """Shared fixtures: fake CPU devices, generated IDX data, a prepared tiny TFDS dataset."""
 
 import os
+import tempfile
 
 # Before jax is imported anywhere: 8 fake CPU devices, as on a small accelerator host.
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+# Most tests compile the same tiny programs again (each run, each layout, each subprocess):
+# a persistent XLA cache shared by the pytest workers and their subprocesses compiles each once.
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(
+    tempfile.gettempdir(), f'bigmodel_jax-test-xla-cache-{os.getuid()}'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

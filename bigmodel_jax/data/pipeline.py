@@ -150,8 +150,13 @@ def epoch_permutation(num_examples: int, *, seed: int, epoch: int, shuffle: bool
 
 
 def train_chunks(split: Split, *, batch_size: int, steps_per_call: int, seed: int, epoch: int,
-                 shuffle: bool, start_step: int = 0) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+                 shuffle: bool, start_step: int = 0,
+                 rows: slice | None = None) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
   """Yields (step in epoch, chunk) for one epoch from `start_step` on.
+
+  `batch_size` is the global batch. With `rows` (on several hosts: `Parallelism.local_rows`)
+  only those rows of every global batch are gathered, so each host reads just its share while
+  all hosts agree on the global order.
 
   A chunk stacks up to `steps_per_call` consecutive batches: {'image': [k, batch, h, w, c],
   'label': [k, batch]}. Chunks end at multiples of `steps_per_call` and at the epoch's end, so a
@@ -160,27 +165,24 @@ def train_chunks(split: Split, *, batch_size: int, steps_per_call: int, seed: in
   """
   steps = len(split) // batch_size
   order = epoch_permutation(len(split), seed=seed, epoch=epoch, shuffle=shuffle)
+  rows = slice(0, batch_size) if rows is None else rows
   step = start_step
   while step < steps:
     k = min(steps_per_call - step % steps_per_call, steps - step)
-    take = order[step * batch_size:(step + k) * batch_size]
-    yield step, {
-        'image': split.images[take].reshape(k, batch_size, *split.images.shape[1:]),
-        'label': split.labels[take].reshape(k, batch_size),
-    }
+    take = order[step * batch_size:(step + k) * batch_size].reshape(k, batch_size)[:, rows]
+    yield step, {'image': split.images[take], 'label': split.labels[take]}
     step += k
 
 
-def eval_batches(split: Split, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
-  """Yields every example once in batches of `batch_size`; the last is padded, with 'mask' 0."""
+def eval_batches(split: Split, batch_size: int,
+                 rows: slice | None = None) -> Iterator[dict[str, np.ndarray]]:
+  """Yields every example once in global batches of `batch_size`; the last is padded, with
+  'mask' 0 on the padding. With `rows`, only those rows of each global batch (this host's)."""
   n = len(split)
+  rows = slice(0, batch_size) if rows is None else rows
   for start in range(0, n, batch_size):
-    images = split.images[start:start + batch_size]
-    labels = split.labels[start:start + batch_size]
-    mask = np.ones(batch_size, np.float32)
-    pad = batch_size - len(labels)
-    if pad:
-      images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
-      labels = np.concatenate([labels, np.zeros(pad, labels.dtype)])
-      mask[batch_size - pad:] = 0
-    yield {'image': images, 'label': labels, 'mask': mask}
+    index = np.arange(start, start + batch_size)[rows]
+    valid = index < n
+    index = np.where(valid, index, 0)
+    yield {'image': split.images[index], 'label': split.labels[index],
+           'mask': valid.astype(np.float32)}

@@ -71,8 +71,11 @@ def save_compact(path: str, params: Any, masks: Any, prunable: Any | None = None
     else:
       arrays[f'{name}::values'] = x[m].astype(np.float32)
   arrays['__header__'] = np.frombuffer(json.dumps(header).encode(), np.uint8)
-  with open(path, 'wb') as f:
+  # Atomic: a reader never sees half a file, and hosts writing the same file do not collide.
+  tmp = f'{path}.{os.getpid()}.tmp'
+  with open(tmp, 'wb') as f:
     np.savez(f, **arrays)
+  os.replace(tmp, path)
   return {'file_bytes': os.path.getsize(path), 'dense_float32_bytes': dense_bytes}
 
 
