@@ -214,7 +214,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     # Where the input pipeline stands; a resume recomputes it from the step and checks it.
     meta['data_position'] = {'epoch': step // steps_per_epoch,
                              'step_in_epoch': step % steps_per_epoch}
-    ckpt.save(step, state.arrays(), meta)
+    ckpt.save(step, par.for_checkpoint(state.arrays()), meta)
 
   session_clock = [session_start]
   compile_base = meta['compile_time_s']
@@ -245,8 +245,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         state, step_metrics = compile_step(state, par.put_batch(chunk, stacked=True))
         if compile_step.seconds > compiled_before and compile_step.flops:
           console.line(f'compiled a {k}-step call in {compile_step.seconds - compiled_before:.1f}s'
-                       f': {compile_step.flops / k / 1e9:.3f} GFLOP per step per device, '
-                       + ', '.join(f'{name} {size / 2**20:.1f} MiB' for name, size in
+                       f': {compile_step.flops / 1e6:.4g} MFLOP per step per device; memory '
+                       + ', '.join(f'{name} {size / 2**20:.2f} MiB' for name, size in
                                    (compile_step.memory or {}).items()))
         upcoming = next(chunks, None)  # Gather the next chunk while this one computes.
         step_metrics = jax.device_get(step_metrics)

@@ -110,9 +110,16 @@ def fsdp_spec(shape: tuple[int, ...], fsdp: int, min_size: int) -> P:
 
 @dataclasses.dataclass
 class CompiledCall:
-  """A step function compiled once per input shape, with its cost logged at compile time."""
+  """A step function compiled once per input shape, with its cost logged at compile time.
+
+  `flops` is XLA's cost analysis of the latest compiled program, per device. XLA counts the body
+  of a loop once, so for `train.train_steps` (a `lax.scan`) it is the FLOPs of one step.
+  """
   fn: Callable[..., Any]
   name: str
+  # False: let `fn` compile on first call (multi-process pmap, whose ahead-of-time lowering
+  # expects global shapes where calls pass per-process ones); no cost figures then.
+  ahead_of_time: bool = True
   seconds: float = 0.0
   flops: float | None = None
   memory: dict[str, int] | None = None
@@ -120,6 +127,17 @@ class CompiledCall:
 
   def __call__(self, *args):
     key = tuple((x.shape, str(x.dtype)) for x in jax.tree.leaves(args[1:]))
+    if not self.ahead_of_time:
+      if key in self._compiled:
+        return self.fn(*args)
+      start = time.perf_counter()
+      out = jax.block_until_ready(self.fn(*args))
+      self.seconds += time.perf_counter() - start
+      self.flops = self.memory = None
+      self._compiled[key] = True
+      logging.info('Compiled and ran %s for %s in %.2fs', self.name, [s for s, _ in key],
+                   time.perf_counter() - start)
+      return out
     if key not in self._compiled:
       start = time.perf_counter()
       compiled = self.fn.lower(*args).compile()
@@ -247,6 +265,16 @@ class Parallelism:
     """`tree` resharded to this run's layout (e.g. params restored elsewhere, new masks)."""
     return jax.jit(lambda t: t, out_shardings=self.shardings(tree))(tree)
 
+  def for_checkpoint(self, tree: Any) -> Any:
+    """`tree` as global arrays that Orbax can save from every host.
+
+    Multi-process pmap returns the replicated state as per-host arrays (on local devices only);
+    they become one global replicated array each. Elsewhere arrays are global already.
+    """
+    if self.mode == 'pmap' and jax.process_count() > 1:
+      return multihost_utils.host_local_array_to_global_array(tree, self.mesh, P())
+    return tree
+
   def to_host(self, tree: Any) -> Any:
     """Numpy copies of `tree`'s global arrays on every host (gathers shards across hosts)."""
     if jax.process_count() > 1:
@@ -303,7 +331,7 @@ class Parallelism:
                                       axis_name=PMAP_AXIS),
                     axis_name=PMAP_AXIS, in_axes=(None, 1), out_axes=(None, None),
                     devices=self.devices, donate_argnums=0)
-      return CompiledCall(fn, 'pmap train steps')
+      return CompiledCall(fn, 'pmap train steps', ahead_of_time=jax.process_count() == 1)
     step = functools.partial(train.train_steps, loss_fn=loss_fn, before_step=before_step)
     if self.mode == 'single':
       return CompiledCall(jax.jit(step, donate_argnums=0), 'train steps')
@@ -318,7 +346,7 @@ class Parallelism:
     if self.mode == 'pmap':
       fn = jax.pmap(functools.partial(train.eval_step, loss_fn=loss_fn, axis_name=PMAP_AXIS),
                     axis_name=PMAP_AXIS, in_axes=(None, 0), out_axes=None, devices=self.devices)
-      return CompiledCall(fn, 'pmap eval step')
+      return CompiledCall(fn, 'pmap eval step', ahead_of_time=jax.process_count() == 1)
     step = functools.partial(train.eval_step, loss_fn=loss_fn)
     if self.mode == 'single':
       return CompiledCall(jax.jit(step), 'eval step')

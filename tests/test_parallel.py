@@ -218,3 +218,30 @@ def test_a_run_moves_between_device_counts_and_prunes_from_there(tiny_config, tm
   results = compress.run(prune, str(tmp_path / 'prune'))
   assert results['rows'][0]['sparsity'] == pytest.approx(0.9, abs=1e-3)
   assert results['num_devices'] == 4 and results['rows'][0]['test_accuracy'] > 0.5
+
+
+@pytest.mark.parametrize('layout', [{'fsdp': 8}, {'data': 2, 'fsdp': 4}], ids=['fsdp8', 'fsdp4'])
+def test_selection_on_sharded_params_matches_one_device(layout):
+  """Scores and exact global / layer-wise / N:M selection on FSDP-sharded params."""
+  from bigmodel_jax import pruning
+  par = parallel.Parallelism(_parallelism(**layout), batch_size=8, eval_batch_size=8)
+  single = parallel.Parallelism(_parallelism(mode='single'), batch_size=8, eval_batch_size=8)
+  sharded, _ = _state(par, hidden=(64, 32))
+  reference = jax.device_get(sharded.params)
+  assert len(sharded.params['Dense_0']['kernel'].sharding.device_set) == 8
+  prunable = pruning.prunable_tree(reference)
+  for scope in ('global', 'layerwise'):
+    select = jax.jit(lambda p, scope=scope: pruning.masks_from_scores(
+        pruning.magnitude(p), 0.8, scope=scope, prunable=prunable))
+    on_mesh = select(sharded.params)
+    on_one = select(single.place(reference))
+    chex.assert_trees_all_equal(jax.device_get(on_mesh), jax.device_get(on_one))
+    stats = pruning.sparsity_stats(reference, jax.device_get(on_mesh), prunable)
+    assert stats['sparsity'] == pytest.approx(0.8, abs=1e-5)  # round(0.8 * n) / n
+  nm = jax.jit(lambda p: pruning.nm_masks(pruning.magnitude(p), 2, 4, prunable=prunable))
+  chex.assert_trees_all_equal(jax.device_get(nm(sharded.params)),
+                              jax.device_get(nm(single.place(reference))))
+  # Placed masks share their params' layout.
+  masks = par.place(jax.device_get(on_mesh))
+  for p, m in zip(jax.tree.leaves(sharded.params), jax.tree.leaves(masks), strict=True):
+    assert m.sharding.is_equivalent_to(p.sharding, p.ndim)
