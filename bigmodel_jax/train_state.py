@@ -47,7 +47,8 @@ class TrainState:
 
 
 def create_train_state(seed: int, *, model: nn.Module, tx: optax.GradientTransformation,
-                       input_shape: tuple[int, ...], masked: bool = False) -> TrainState:
+                       input_shape: tuple[int, ...], masked: bool = False,
+                       input_dtype: jnp.dtype = jnp.float32) -> TrainState:
   """Initialises params from `seed` (a pure function: wrap it in `jax.eval_shape` or `jax.jit`).
 
   Args:
@@ -56,10 +57,13 @@ def create_train_state(seed: int, *, model: nn.Module, tx: optax.GradientTransfo
     tx: the optimizer.
     input_shape: shape of one example, e.g. (28, 28, 1).
     masked: give the state all-True masks (a pruned model to be; `tx` must accept masks).
+    input_dtype: dtype of the example input (int32 for token models).
   """
   root = jax.random.PRNGKey(seed)
   params_key, dropout_key = jax.random.split(root)
-  params = model.init(params_key, jnp.zeros((1, *input_shape), jnp.float32))['params']
+  # Logical-axis boxes (sharding metadata of the Transformers) are stripped: params are arrays.
+  example = jnp.zeros((1, *input_shape), input_dtype)
+  params = nn.meta.unbox(model.init(params_key, example)['params'])
   masks = jax.tree.map(lambda x: jnp.ones(x.shape, jnp.bool_), params) if masked else None
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                     rng=dropout_key, masks=masks, apply_fn=model.apply, tx=tx)

@@ -1,0 +1,286 @@
+"""One-shot post-training pruning of single linear layers from calibration data: Wanda, SparseGPT.
+
+Both methods prune a trained layer without retraining, using only statistics of its inputs over a
+small calibration set, and are what large language models are pruned with:
+
+    stats = llm.init_stats(kernel.shape[0])
+    for x in calibration_inputs:                # x: [tokens, in], batch and sequence flattened
+      stats = llm.accumulate(stats, x)
+    mask = llm.wanda_mask(kernel, stats, 0.5)                    # or n=2, m=4
+    new_kernel, mask = llm.sparsegpt(kernel, stats, 0.5)         # also updates the kept weights
+
+- Wanda (Sun et al. 2023): score |W_ij| * ||X_i||_2, each output unit pruned by the same
+  fraction; only the mask changes.
+- SparseGPT (Frantar & Alistarh 2023): the layer-wise OBS reconstruction of the original
+  `fasterprune`, written for the Flax layout. Inputs are processed in order, in blocks; pruning
+  input i's weights is compensated by updating the weights of the later inputs through the
+  inverse Hessian of the layer's squared reconstruction error, H = X^T X.
+
+Kernels are Flax [in, out] (PyTorch's W transposed), so the reference's column blocks of W are
+row blocks here. Masks are bool [in, out], True = keep; N:M groups run along the input
+dimension, as in `selection.nm_mask`. Everything is jittable; keep `n`, `m`, `block_size`
+static. `sparsity` may be a traced scalar (counts are then rounded in float32, so they are exact
+for layers of up to 2^24 weights; Python floats are exact always).
+"""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bigmodel_jax.errors import ConfigError
+from bigmodel_jax.pruning import selection
+
+_HIGHEST = jax.lax.Precision.HIGHEST  # Accelerators' default float32 matmuls lose Hessian bits.
+
+
+class LayerStats(NamedTuple):
+  """Sums over calibration rows of a linear layer's inputs x: [tokens, in]; a pytree.
+
+  Attributes:
+    sq_norm: [in] float32, sum of x**2 per input feature (Wanda's ||X_i||_2 squared).
+    xtx: [in, in] float32, sum of x^T x (SparseGPT's Hessian, up to a factor).
+    count: int32 scalar, number of rows accumulated.
+  """
+  sq_norm: jax.Array
+  xtx: jax.Array
+  count: jax.Array
+
+
+def init_stats(in_features: int) -> LayerStats:
+  """Empty statistics for a layer with `in_features` inputs."""
+  if not isinstance(in_features, int) or in_features < 1:
+    raise ConfigError(f'in_features={in_features!r} is invalid: it must be a positive integer.')
+  return LayerStats(jnp.zeros((in_features,), jnp.float32),
+                    jnp.zeros((in_features, in_features), jnp.float32), jnp.zeros((), jnp.int32))
+
+
+def accumulate(stats: LayerStats, x: jax.Array) -> LayerStats:
+  """`stats` plus the rows of x: [tokens, in] (flatten batch and sequence dims first)."""
+  in_features = stats.sq_norm.shape[0]
+  if x.ndim != 2 or x.shape[1] != in_features:
+    raise ConfigError(f'Calibration inputs have shape {x.shape}; they must be [tokens, '
+                      f'{in_features}] for these stats (flatten batch and sequence dims).')
+  x = x.astype(jnp.float32)
+  return LayerStats(stats.sq_norm + jnp.sum(x * x, axis=0),
+                    stats.xtx + jnp.matmul(x.T, x, precision=_HIGHEST),
+                    stats.count + x.shape[0])
+
+
+def reconstruction_error(x: jax.Array, kernel: jax.Array, new_kernel: jax.Array) -> jax.Array:
+  """||x @ kernel - x @ new_kernel||_F^2 / ||x @ kernel||_F^2 for x: [tokens, in]."""
+  x = x.astype(jnp.float32)
+  y = jnp.matmul(x, kernel.astype(jnp.float32), precision=_HIGHEST)
+  y_new = jnp.matmul(x, new_kernel.astype(jnp.float32), precision=_HIGHEST)
+  return jnp.sum((y - y_new) ** 2) / jnp.sum(y * y)
+
+
+def _check_layer(kernel: jax.Array, stats: LayerStats, need_xtx: bool) -> None:
+  if kernel.ndim != 2:
+    raise ConfigError(f'The kernel has shape {kernel.shape}; one-shot pruning takes a single '
+                      'linear layer kernel [in, out].')
+  fan_in = kernel.shape[0]
+  shapes = {'sq_norm': (stats.sq_norm.shape, (fan_in,))}
+  if need_xtx:
+    shapes['xtx'] = (stats.xtx.shape, (fan_in, fan_in))
+  for name, (got, want) in shapes.items():
+    if tuple(got) != want:
+      raise ConfigError(f'The stats field {name} has shape {tuple(got)} but the kernel '
+                        f'{kernel.shape} has {fan_in} inputs, so it must be {want}.')
+
+
+def _check_target(kernel: jax.Array, sparsity, n: int, m: int) -> bool:
+  """Validates sparsity xor n:m for `kernel`; True for N:M."""
+  if n or m:
+    if sparsity is not None:
+      raise ConfigError(f'Both sparsity={sparsity!r} and N:M {n}:{m} were given; give one.')
+    selection.check_nm(n, m)
+    if kernel.shape[0] % m:
+      raise ConfigError(f'The kernel has shape {kernel.shape}: N:M sparsity {n}:{m} groups the '
+                        f'input dimension (axis 0) in blocks of {m}, which needs it divisible '
+                        f'by {m}.')
+    return True
+  if sparsity is None:
+    raise ConfigError('No pruning target was given: pass a sparsity in [0, 1) or n and m.')
+  if isinstance(sparsity, int | float):
+    selection.check_sparsity(sparsity)
+  return False
+
+
+def _count(sparsity, size):
+  """round(sparsity * size) for an int or int array `size`: exact ints for Python floats."""
+  if isinstance(sparsity, int | float):
+    return np.asarray([int(round(sparsity * int(s))) for s in np.ravel(size)]).reshape(
+        np.shape(size))
+  size = jnp.asarray(size, jnp.float32)
+  return jnp.round(jnp.asarray(sparsity, jnp.float32) * size).astype(jnp.int32)
+
+
+def wanda_scores(kernel: jax.Array, stats: LayerStats) -> jax.Array:
+  """Wanda's importance |W_ij| * ||X_i||_2: [in, out] float32 for kernel: [in, out]."""
+  _check_layer(kernel, stats, need_xtx=False)
+  norms = jnp.sqrt(jnp.maximum(stats.sq_norm, 0.0))
+  return jnp.abs(kernel.astype(jnp.float32)) * norms[:, None]
+
+
+def per_output_mask(scores: jax.Array, sparsity) -> jax.Array:
+  """Prunes the round(sparsity * in) lowest scores of each output column of scores: [in, out].
+
+  Ties go by position: the earlier input is pruned first. Every column has the same count.
+  """
+  k = _count(sparsity, scores.shape[0])
+  order = jnp.argsort(scores, axis=0, stable=True)
+  rank = jnp.argsort(order, axis=0, stable=True)
+  return rank >= k
+
+
+def wanda_mask(kernel: jax.Array, stats: LayerStats, sparsity=None, *, n: int = 0,
+               m: int = 0) -> jax.Array:
+  """Wanda keep-mask: bool [in, out] for kernel: [in, out].
+
+  Args:
+    kernel: [in, out] trained weights.
+    stats: calibration statistics of the layer's inputs (`accumulate`); only sq_norm is used.
+    sparsity: fraction in [0, 1) to prune from every output unit (column): exactly
+      round(sparsity * in) of its inputs, so the layer loses out * round(sparsity * in).
+    n, m: instead of `sparsity`, keep the n highest-scoring of every m consecutive inputs of each
+      output (e.g. 2:4).
+  """
+  _check_layer(kernel, stats, need_xtx=False)
+  nm = _check_target(kernel, sparsity, n, m)
+  scores = wanda_scores(kernel, stats)
+  if nm:
+    return selection.nm_mask(scores, n, m)
+  return per_output_mask(scores, sparsity)
+
+
+def _inverse_hessian_factor(xtx: jax.Array, damp) -> tuple[jax.Array, jax.Array]:
+  """(U upper triangular with U^T U = (H + damping)^-1: [in, in], dead inputs: bool [in])."""
+  diag = jnp.diagonal(xtx)
+  dead = diag == 0
+  # An input that never fires has no curvature: unit diagonal keeps H invertible, and its
+  # weights (zeroed by the caller) then neither matter nor propagate.
+  h = xtx + jnp.diag(jnp.where(dead, 1.0, 0.0))
+  h = h + jnp.eye(h.shape[0], dtype=h.dtype) * (damp * jnp.mean(jnp.diagonal(h)))
+  lower = jnp.linalg.cholesky(h)
+  lower_inv = jax.scipy.linalg.solve_triangular(lower, jnp.eye(h.shape[0], dtype=h.dtype),
+                                                lower=True)
+  h_inv = jnp.matmul(lower_inv.T, lower_inv, precision=_HIGHEST)
+  return jnp.triu(jnp.linalg.cholesky(h_inv).T), dead
+
+
+def sparsegpt(kernel: jax.Array, stats: LayerStats, sparsity=None, *, n: int = 0, m: int = 0,
+              block_size: int = 128, damp: float = 0.01) -> tuple[jax.Array, jax.Array]:
+  """SparseGPT: prunes `kernel` and updates its kept weights to reconstruct the layer's outputs.
+
+  With H = X^T X + damp * mean(diag(H)) * I and U the upper Cholesky factor of H^-1, inputs are
+  visited in order in blocks of `block_size`. At a block's start (for N:M: at each group's
+  start) the mask is chosen on the current weights by w^2 / U_ii^2; then for each input i of
+  the block, its pruned weights are zeroed, err = (w - q) / U_ii, the block's later inputs get
+  w -= U[i, j] * err, and after the block all later inputs get the block's errors at once.
+
+  Exact count: the reference prunes the fraction `sparsity` of each block, which does not in
+  general add up to round(sparsity * in * out) over the layer. Here the block of rows [a, b)
+  prunes exactly K(b) - K(a) entries (lowest scores, ties by position), with
+  K(r) = round(sparsity * r * out); the counts add up to K(in) = round(sparsity * size), and each
+  lies in [0, (b - a) * out] because sparsity < 1.
+
+  Args:
+    kernel: [in, out] trained weights (any float dtype; computed in float32).
+    stats: calibration statistics of the layer's inputs (`accumulate`); xtx is used.
+    sparsity: fraction in [0, 1) of the layer's weights to prune (unstructured).
+    n, m: instead of `sparsity`, keep n of every m consecutive inputs of each output.
+    block_size: inputs per block (the last block may be shorter: it is padded). For N:M it must
+      be a multiple of m so that no group straddles two blocks.
+    damp: diagonal dampening relative to the mean diagonal of H, for a stable inverse.
+
+  Returns:
+    (new_kernel [in, out] in kernel's dtype, exactly 0 where the mask is False;
+     mask bool [in, out], True = keep). Inputs that never fired (diag(H) = 0) get zero weights.
+  """
+  _check_layer(kernel, stats, need_xtx=True)
+  nm = _check_target(kernel, sparsity, n, m)
+  if not isinstance(block_size, int) or block_size < 1:
+    raise ConfigError(f'block_size={block_size!r} is invalid: it must be a positive integer.')
+  if nm and block_size % m:
+    raise ConfigError(f'block_size={block_size} must be a multiple of m={m} for N:M sparsity, '
+                      'so that no group of inputs straddles two blocks.')
+  if isinstance(damp, int | float) and damp < 0:
+    raise ConfigError(f'damp={damp!r} is invalid: it must be >= 0.')
+
+  fan_in, fan_out = kernel.shape
+  block = min(block_size, fan_in)
+  num_blocks = -(-fan_in // block)
+  padded = num_blocks * block
+  pad = padded - fan_in
+
+  factor, dead = _inverse_hessian_factor(stats.xtx.astype(jnp.float32), damp)
+  # Padding inputs are decoupled (identity rows/columns of U) with zero weights: their errors
+  # are zero and they are sliced off at the end.
+  factor = jnp.pad(factor, ((0, pad), (0, pad)))
+  factor = factor + jnp.diag(jnp.concatenate([jnp.zeros(fan_in), jnp.ones(pad)]))
+  weights = jnp.where(dead[:, None], 0.0, kernel.astype(jnp.float32))
+  weights = jnp.pad(weights, ((0, pad), (0, 0)))
+  keep = jnp.ones((padded, fan_out), jnp.bool_)
+
+  if not nm:
+    bounds = np.minimum(np.arange(num_blocks + 1) * block, fan_in)
+    cumulative = _count(sparsity, bounds * fan_out)
+    block_counts = jnp.asarray(cumulative[1:] - cumulative[:-1], jnp.int32)
+  real_rows = (jnp.arange(padded) < fan_in)
+
+  def process_row(i, carry, keep_row, u_block):
+    """Prunes row i of the block and spreads its error over the block's later rows."""
+    w_block, errors = carry
+    w = w_block[i]
+    q = jnp.where(keep_row, w, 0.0)
+    err = (w - q) / u_block[i, i]
+    # U is upper triangular, so rows before i are untouched; row i is set to q exactly.
+    w_block = w_block - u_block[i][:, None] * err[None, :]
+    w_block = w_block.at[i].set(q)
+    return w_block, errors.at[i].set(err)
+
+  def block_step(b, state):
+    weights, keep = state
+    start = b * block
+    w_block = jax.lax.dynamic_slice_in_dim(weights, start, block, axis=0)
+    u_rows = jax.lax.dynamic_slice_in_dim(factor, start, block, axis=0)
+    u_block = jax.lax.dynamic_slice_in_dim(u_rows, start, block, axis=1)
+    inv_diag_sq = 1.0 / jnp.diagonal(u_block) ** 2
+    errors = jnp.zeros_like(w_block)
+
+    if nm:
+      def group_step(g, carry):
+        w_block, errors, keep_block = carry
+        rows = jax.lax.dynamic_slice_in_dim(w_block, g * m, m, axis=0)
+        scale = jax.lax.dynamic_slice_in_dim(inv_diag_sq, g * m, m)
+        group_keep = selection.nm_mask(rows * rows * scale[:, None], n, m)
+        keep_block = jax.lax.dynamic_update_slice_in_dim(keep_block, group_keep, g * m, axis=0)
+        for r in range(m):
+          w_block, errors = process_row(g * m + r, (w_block, errors), group_keep[r], u_block)
+        return w_block, errors, keep_block
+
+      keep_block = jnp.ones((block, fan_out), jnp.bool_)
+      w_block, errors, keep_block = jax.lax.fori_loop(0, block // m, group_step,
+                                                      (w_block, errors, keep_block))
+    else:
+      scores = w_block * w_block * inv_diag_sq[:, None]
+      in_layer = jax.lax.dynamic_slice_in_dim(real_rows, start, block)
+      scores = jnp.where(in_layer[:, None], scores, jnp.inf)  # Padding is never chosen.
+      keep_block = selection.lowest_k_masks([scores], block_counts[b])[0]
+      w_block, errors = jax.lax.fori_loop(
+          0, block, lambda i, c: process_row(i, c, keep_block[i], u_block), (w_block, errors))
+
+    # Lazy batch update: the later blocks receive this block's errors in one matmul.
+    later = jnp.arange(padded) >= start + block
+    spread = jnp.where(later[None, :], u_rows, 0.0)
+    weights = weights - jnp.matmul(spread.T, errors, precision=_HIGHEST)
+    weights = jax.lax.dynamic_update_slice_in_dim(weights, w_block, start, axis=0)
+    keep = jax.lax.dynamic_update_slice_in_dim(keep, keep_block, start, axis=0)
+    return weights, keep
+
+  weights, keep = jax.lax.fori_loop(0, num_blocks, block_step, (weights, keep))
+  keep = keep[:fan_in]
+  new_kernel = jnp.where(keep, weights[:fan_in], 0.0).astype(kernel.dtype)
+  return new_kernel, keep
