@@ -178,7 +178,8 @@ class _Context:
     tx, _ = optim.create_optimizer(cfg.optimizer, self.steps_per_epoch, steps)
     tx = pruning.masked(tx) if masked else tx
     return lambda: train_state.create_train_state(
-        cfg.seed, model=self.model, tx=tx, input_shape=self.input_shape, masked=masked)
+        cfg.seed, model=self.model, tx=tx, input_shape=self.input_shape, masked=masked,
+        input_dtype=self.datasets.train.images.dtype)
 
   def restore(self, run_dir: str, init, step: int | None = None) -> train_state.TrainState:
     """The state of the training workdir `run_dir` at `step` (default: its latest checkpoint)."""

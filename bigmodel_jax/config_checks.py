@@ -44,6 +44,22 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
          all(isinstance(w, int) and w > 0 for w in m.hidden_sizes), 'a tuple of positive integers')
   _check('model.init_scale', m.init_scale, m.init_scale > 0, '> 0')
   _check('model.dropout_rate', m.dropout_rate, 0 <= m.dropout_rate < 1, 'in [0, 1)')
+  text_model, text_data = m.name in models.TEXT_MODELS, d.name in data.TEXT_DATASETS
+  if text_model != text_data:
+    raise ConfigError(f'config.model.name={m.name!r} cannot read config.data.name={d.name!r}: '
+                      f'the language model {models.TEXT_MODELS} needs a text dataset '
+                      f'{data.TEXT_DATASETS}, the others need images.')
+  if m.name in ('gpt', 'vit'):
+    _one_of('model.dtype', m.dtype, models.DTYPES)
+    for key in ('num_layers', 'num_heads', 'embed_dim', 'mlp_ratio', 'max_len', 'patch_size'):
+      _positive_int(f'model.{key}', m[key])
+    _check('model.embed_dim', m.embed_dim, m.embed_dim % m.num_heads == 0,
+           f'divisible by model.num_heads={m.num_heads}')
+  if m.name == 'gpt':
+    _one_of('model.position', m.position, ('learned', 'rope'))
+    _positive_int('data.seq_len', d.seq_len)
+    _check('model.max_len', m.max_len, m.max_len >= d.seq_len,
+           f'>= data.seq_len={d.seq_len} (the context the model is trained on)')
 
   _one_of('loss', config.loss, losses.LOSSES)
 

@@ -131,7 +131,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     tx = pruning.masked(tx, mask_gradients=config.optimizer.grad_clip_norm > 0)
   loss_fn = losses.LOSSES[config.loss]
   init = functools.partial(train_state.create_train_state, model=model, tx=tx,
-                           input_shape=datasets.train.images.shape[1:], masked=masked)
+                           input_shape=datasets.train.images.shape[1:], masked=masked,
+                           input_dtype=datasets.train.images.dtype)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'),
                                  max_to_keep=config.checkpoint_max_to_keep,
                                  async_save=config.checkpoint_async, keep_steps=keep_steps)

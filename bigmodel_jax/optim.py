@@ -16,7 +16,8 @@ def create_learning_rate_schedule(
   if opt_config.schedule == 'constant':
     return optax.constant_schedule(peak)
   if opt_config.schedule == 'warmup_cosine':
-    warmup = int(round(opt_config.warmup_epochs * steps_per_epoch))
+    warmup = (opt_config.warmup_steps if opt_config.warmup_steps > 0
+              else int(round(opt_config.warmup_epochs * steps_per_epoch)))
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0,
         peak_value=peak,

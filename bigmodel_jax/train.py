@@ -90,9 +90,11 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *,
   """
   logits = state.apply_fn({'params': state.params}, batch['image'], train=False)
   mask = batch.get('mask', jnp.ones(batch['label'].shape, jnp.float32))
+  # Per example: sequence models score every position, averaged within the example.
+  per_example = lambda x: jnp.mean(x.reshape(x.shape[0], -1), axis=1)
   sums = {
-      'loss_sum': jnp.sum(loss_fn(logits, batch['label']) * mask),
-      'correct_sum': jnp.sum(losses.correct(logits, batch['label']) * mask),
+      'loss_sum': jnp.sum(per_example(loss_fn(logits, batch['label'])) * mask),
+      'correct_sum': jnp.sum(per_example(losses.correct(logits, batch['label'])) * mask),
       'count': jnp.sum(mask),
   }
   return sums if axis_name is None else jax.lax.psum(sums, axis_name)

@@ -15,7 +15,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # --- Data -----------------------------------------------------------------
   config.data = data = ml_collections.ConfigDict()
-  data.name = 'fashion_mnist'  # 'mnist' or 'fashion_mnist'.
+  data.name = 'fashion_mnist'  # 'mnist', 'fashion_mnist' (images) or 'tiny_shakespeare' (characters).
   # Where examples come from:
   #   'idx'  - our TFDS builder over the four (Fashion-)MNIST IDX files: read from `idx_dir`,
   #            or downloaded (checksum-verified) when `idx_dir` is ''. No TensorFlow needed.
@@ -28,6 +28,8 @@ def get_config() -> ml_collections.ConfigDict:
   data.validation_size = 0  # >0: hold out this many train examples for per-epoch eval; test evaluated at the end.
   data.max_train_examples = 0  # >0: use only the first N train examples (quick experiments, tests).
   data.max_eval_examples = 0  # >0: use only the first N eval examples.
+  data.text_dir = ''  # Text: folder holding Tiny Shakespeare's input.txt; '' = download it.
+  data.seq_len = 64  # Text: characters per training example (the model's context).
 
   # --- Model ----------------------------------------------------------------
   config.model = model = ml_collections.ConfigDict()
@@ -38,7 +40,18 @@ def get_config() -> ml_collections.ConfigDict:
   # | normal (std = init_scale) | uniform (U[-init_scale, init_scale]) | torch_default.
   model.kernel_init = 'lecun_normal'
   model.init_scale = 0.01  # Std of 'normal' / half-width of 'uniform'; ignored by the others.
-  model.dropout_rate = 0.0  # Dropout after each hidden activation (0 = off).
+  model.dropout_rate = 0.0  # Dropout after hidden activations / in Transformer blocks (0 = off).
+  # Transformers ('gpt' language model, 'vit' image encoder):
+  model.num_layers = 4  # Blocks.
+  model.num_heads = 4  # Attention heads per block.
+  model.embed_dim = 128  # Width of the residual stream.
+  model.mlp_ratio = 4  # MLP width / embed_dim.
+  model.max_len = 64  # gpt: longest sequence (position table, generation cache); >= data.seq_len.
+  model.position = 'learned'  # gpt: 'learned' position table or 'rope' (rotary).
+  model.tie_embeddings = True  # gpt: output logits from the token embedding table.
+  model.use_bias = False  # gpt: biases in projections and LayerNorms.
+  model.patch_size = 7  # vit: square patch side; the image sides must divide by it.
+  model.dtype = 'float32'  # Transformers' compute dtype: 'float32' or 'bfloat16' (params stay float32).
 
   # --- Loss -----------------------------------------------------------------
   config.loss = 'cross_entropy'  # 'cross_entropy' (softmax) or 'mse' (on one-hot targets).
@@ -49,6 +62,7 @@ def get_config() -> ml_collections.ConfigDict:
   opt.learning_rate = 1e-3  # Peak learning rate.
   opt.schedule = 'constant'  # constant | warmup_cosine | step.
   opt.warmup_epochs = 0.0  # Linear warm-up from 0 to the peak (warmup_cosine only).
+  opt.warmup_steps = 0  # >0: warm-up length in steps instead of warmup_epochs.
   opt.end_learning_rate_factor = 0.0  # warmup_cosine ends at learning_rate * this.
   opt.decay_every_epochs = 3.0  # step: multiply by decay_factor every this many epochs.
   opt.decay_factor = 0.1  # step: the multiplier.

@@ -2,7 +2,9 @@
 
 from bigmodel_jax.data.pipeline import (
     DATASETS,
+    IMAGE_DATASETS,
     SOURCES,
+    TEXT_DATASETS,
     Datasets,
     Split,
     epoch_permutation,
@@ -13,5 +15,6 @@ from bigmodel_jax.data.pipeline import (
     train_chunks,
 )
 
-__all__ = ['DATASETS', 'SOURCES', 'Datasets', 'Split', 'epoch_permutation', 'eval_batches',
-           'load_datasets', 'preprocess', 'read_split', 'train_chunks']
+__all__ = ['DATASETS', 'IMAGE_DATASETS', 'SOURCES', 'TEXT_DATASETS', 'Datasets', 'Split',
+           'epoch_permutation', 'eval_batches', 'load_datasets', 'preprocess', 'read_split',
+           'train_chunks']

@@ -16,16 +16,22 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
-from bigmodel_jax.data import idx_builder
+from bigmodel_jax.data import idx_builder, text
 from bigmodel_jax.errors import DataError
 
-DATASETS = ('mnist', 'fashion_mnist')
+IMAGE_DATASETS = ('mnist', 'fashion_mnist')
+TEXT_DATASETS = ('tiny_shakespeare',)
+DATASETS = IMAGE_DATASETS + TEXT_DATASETS
 SOURCES = ('idx', 'tfds')
 
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-  """One split, preprocessed: images [n, height, width, channels] float32, labels [n] int32."""
+  """One split, preprocessed: inputs and targets, indexed by example.
+
+  For images: `images` [n, height, width, channels] float32 and `labels` [n] int32. For text:
+  `images` are token windows [n, seq_len] int32 and `labels` the next tokens [n, seq_len].
+  """
   images: np.ndarray
   labels: np.ndarray
 
@@ -43,6 +49,7 @@ class Datasets:
     test: the test split when `eval` is a validation hold-out, else None.
     num_classes: number of label classes.
     mean, std: the normalisation applied (0 and 1 when off), measured on `train`.
+    vocab: text only: the `text.Vocabulary` (num_classes is its size).
   """
   train: Split
   eval: Split
@@ -50,6 +57,7 @@ class Datasets:
   num_classes: int
   mean: float
   std: float
+  vocab: object = None
 
 
 def _data_dir(data_config: ml_collections.ConfigDict) -> str | None:
@@ -110,8 +118,28 @@ def preprocess(images: np.ndarray, mean: float, std: float) -> np.ndarray:
   return (x - np.float32(mean)) / np.float32(std)
 
 
+def load_text_datasets(data_config: ml_collections.ConfigDict) -> Datasets:
+  """Character windows of the text dataset: train (every window), validation (eval) and test."""
+  splits = text.read_text_splits(os.path.expanduser(data_config.text_dir),
+                                 _data_dir(data_config))
+  vocab = text.Vocabulary(''.join(sorted(set(b''.join(splits.values()).decode('latin-1')))))
+  ids = {name: vocab.encode(part) for name, part in splits.items()}
+  if data_config.max_train_examples > 0:  # Characters here, not windows.
+    ids['train'] = ids['train'][:data_config.max_train_examples + data_config.seq_len]
+  make = lambda name, overlapping: Split(*text.windows(ids[name], data_config.seq_len,
+                                                       overlapping=overlapping))
+  eval_split = make('validation', False)
+  if data_config.max_eval_examples > 0:
+    eval_split = Split(eval_split.images[:data_config.max_eval_examples],
+                       eval_split.labels[:data_config.max_eval_examples])
+  return Datasets(train=make('train', True), eval=eval_split, test=make('test', False),
+                  num_classes=len(vocab), mean=0.0, std=1.0, vocab=vocab)
+
+
 def load_datasets(data_config: ml_collections.ConfigDict) -> Datasets:
   """Reads, splits and preprocesses the configured dataset (see configs/default.py)."""
+  if data_config.name in TEXT_DATASETS:
+    return load_text_datasets(data_config)
   train_images, train_labels = read_split(data_config, 'train')
   test_images, test_labels = read_split(data_config, 'test')
   if data_config.max_train_examples > 0:

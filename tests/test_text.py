@@ -1,0 +1,102 @@
+"""Character data through our TFDS builder, and a tiny GPT trained end to end by the loop."""
+
+import os
+
+import numpy as np
+import pytest
+
+from bigmodel_jax import data, loop
+from bigmodel_jax.data import text
+from bigmodel_jax.errors import ConfigError, DataError
+
+PHRASES = ['to be, or not to be: that is the question.\n', 'all the world is a stage,\n',
+           'now is the winter of our discontent\n', 'a horse! a horse! my kingdom for a horse!\n']
+
+
+@pytest.fixture(scope='module')
+def text_dir(tmp_path_factory) -> str:
+  """A folder with an input.txt of ~12 KB of generated, learnable text."""
+  rng = np.random.default_rng(0)
+  folder = tmp_path_factory.mktemp('text')
+  body = ''.join(PHRASES[i] for i in rng.integers(0, len(PHRASES), 400))
+  (folder / text.FILE_NAME).write_text(body)
+  return str(folder)
+
+
+def _config(text_dir, tfds_dir):
+  from configs import shakespeare_gpt
+  config = shakespeare_gpt.get_config()
+  config.data.text_dir, config.data.tfds_data_dir = text_dir, tfds_dir
+  config.data.seq_len = 16
+  config.model.num_layers, config.model.num_heads, config.model.embed_dim = 2, 2, 32
+  config.model.max_len = 16
+  config.batch_size = 16
+  config.eval_batch_size = 64
+  config.num_train_steps = 60
+  config.steps_per_call = 20
+  config.optimizer.warmup_steps = 5
+  config.optimizer.learning_rate = 3e-3
+  config.checkpoint_async = False
+  config.write_plot = False
+  return config
+
+
+def test_split_rule_is_tfds_90_5_5():
+  parts = text.split_text(bytes(range(100)) * 10)
+  assert [len(parts[k]) for k in text.SPLITS] == [900, 50, 50]
+  assert parts['train'] + parts['validation'] + parts['test'] == bytes(range(100)) * 10
+
+
+def test_windows_and_vocabulary():
+  vocab = text.Vocabulary('\n abc')
+  ids = vocab.encode('abc abc\n')
+  assert vocab.decode(ids) == 'abc abc\n'
+  inputs, targets = text.windows(ids, 3, overlapping=True)
+  assert inputs.shape == targets.shape == (5, 3)
+  np.testing.assert_array_equal(inputs[1:], targets[:-1])
+  inputs, targets = text.windows(ids, 3, overlapping=False)
+  assert inputs.shape == (2, 3) and targets[0, -1] == inputs[1, 0]
+  with pytest.raises(ValueError, match='outside the vocabulary'):
+    vocab.encode('abz')
+  with pytest.raises(DataError, match='shorter than one window'):
+    text.windows(ids, 20, overlapping=False)
+
+
+def test_the_builder_prepares_offline_and_splits_into_windows(text_dir, tfds_dir):
+  config = _config(text_dir, tfds_dir)
+  datasets = data.load_datasets(config.data)
+  raw = open(os.path.join(text_dir, text.FILE_NAME), 'rb').read()
+  assert datasets.num_classes == len(set(raw))
+  n_train = int(len(raw) * 0.9)
+  assert len(datasets.train) == n_train - 16
+  assert datasets.train.images.shape[1:] == (16,) and datasets.train.images.dtype == np.int32
+  assert datasets.vocab.decode(datasets.train.images[0]) == raw[:16].decode()
+  assert len(datasets.eval) == (int((len(raw) - n_train) * 0.5) - 1) // 16
+
+
+def test_a_missing_corpus_is_a_clear_error(tmp_path):
+  from configs import shakespeare_gpt
+  config = shakespeare_gpt.get_config()
+  config.data.text_dir, config.data.tfds_data_dir = str(tmp_path), str(tmp_path / 'tfds')
+  with pytest.raises(DataError, match='holds no input.txt'):
+    data.load_datasets(config.data)
+
+
+def test_model_and_data_must_match(text_dir, tfds_dir, tmp_path):
+  config = _config(text_dir, tfds_dir)
+  config.model.name = 'mlp'
+  with pytest.raises(ConfigError, match='cannot read'):
+    loop.train_and_evaluate(config, str(tmp_path))
+  config = _config(text_dir, tfds_dir)
+  config.model.max_len = 8
+  with pytest.raises(ConfigError, match='max_len'):
+    loop.train_and_evaluate(config, str(tmp_path))
+
+
+def test_tiny_gpt_learns_the_generated_text(text_dir, tfds_dir, tmp_path):
+  results = loop.train_and_evaluate(_config(text_dir, tfds_dir), str(tmp_path / 'run'))
+  assert results['num_params'] > 0 and results['steps'] == 60
+  # Uniform guessing over the ~30 characters costs ln(30) = 3.4 nats.
+  assert results['final_eval_loss'] < 2.5
+  assert np.isfinite(results['test_loss'])
+  assert results['parallelism']['mode'] == 'single'
