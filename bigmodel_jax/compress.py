@@ -49,6 +49,10 @@ from bigmodel_jax import (
 from bigmodel_jax.errors import ConfigError
 from bigmodel_jax.pruning import gradual, selection
 
+# Post-training methods that calibrate on layer inputs (pruning/oneshot.py); SparseGPT also
+# updates the kept weights.
+ONE_SHOT = ('wanda', 'sparsegpt')
+
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
@@ -67,11 +71,15 @@ class Variant:
 def parse_variant(name: str) -> Variant:
   """'magnitude/global' -> Variant; raises ConfigError on anything else."""
   parts = name.split('/')
-  if len(parts) != 2 or parts[0] not in pruning.METHODS:
+  scores = pruning.METHODS + ONE_SHOT
+  if len(parts) != 2 or parts[0] not in scores:
     raise ConfigError(f'prune.variants: {name!r} is not <score>/<kind> with score one of '
-                      f'{", ".join(pruning.METHODS)} (e.g. magnitude/global, saliency/layerwise, '
-                      'magnitude/neuron, magnitude/2:4).')
+                      f'{", ".join(scores)} (e.g. magnitude/global, saliency/layerwise, '
+                      'magnitude/neuron, magnitude/2:4, sparsegpt/layerwise).')
   score, kind = parts
+  if score in ONE_SHOT and kind in ('global', 'neuron'):
+    raise ConfigError(f'prune.variants: {name!r}: {score} prunes layer by layer; use '
+                      f'{score}/layerwise or an N:M kind such as {score}/2:4.')
   if kind in ('global', 'layerwise', 'neuron'):
     return Variant(name, score, kind)
   if ':' in kind:
@@ -115,10 +123,12 @@ def validate_prune_config(config: ml_collections.ConfigDict) -> list[Variant]:
   for s in p.sparsities:
     selection.check_sparsity(s, 'config.prune.sparsities entry')
   parse_overrides(p.overrides)
-  for key in ('retrain_epochs', 'score_batches', 'score_batch_size', 'gradual_every_steps'):
-    if not isinstance(p[key], int) or p[key] < (0 if key == 'retrain_epochs' else 1):
+  for key in ('retrain_epochs', 'retrain_steps', 'score_batches', 'score_batch_size',
+              'gradual_every_steps'):
+    low = 0 if key.startswith('retrain') else 1
+    if not isinstance(p[key], int) or p[key] < low:
       raise ConfigError(f'config.prune.{key}={p[key]!r} is invalid: it must be a '
-                        f'{"non-negative" if key == "retrain_epochs" else "positive"} integer.')
+                        f'{"non-negative" if low == 0 else "positive"} integer.')
   if p.retrain_learning_rate <= 0:
     raise ConfigError(f'config.prune.retrain_learning_rate={p.retrain_learning_rate} must be > 0.')
   if p.schedule == 'iterative':
@@ -135,8 +145,11 @@ def validate_prune_config(config: ml_collections.ConfigDict) -> list[Variant]:
       raise ConfigError('Gradual pruning needs 0 <= prune.gradual_begin_epoch < '
                         'prune.gradual_end_epoch <= prune.retrain_epochs; got '
                         f'{p.gradual_begin_epoch}, {p.gradual_end_epoch}, {p.retrain_epochs}.')
-  if p.schedule != 'one_shot' and p.retrain_epochs == 0:
-    raise ConfigError(f'Schedule {p.schedule!r} needs prune.retrain_epochs > 0.')
+  if p.schedule != 'one_shot' and any(v.score in ONE_SHOT for v in variants):
+    raise ConfigError(f'{", ".join(ONE_SHOT)} run with prune.schedule=\'one_shot\' only.')
+  if p.schedule != 'one_shot' and p.retrain_epochs == 0 and p.retrain_steps == 0:
+    raise ConfigError(f'Schedule {p.schedule!r} needs prune.retrain_epochs (or retrain_steps) '
+                      '> 0.')
   for q in p.export_formats:
     if q not in pruning.export.QUANTIZE:
       raise ConfigError(f'config.prune.export_formats: {q!r}; use '
@@ -147,7 +160,7 @@ def validate_prune_config(config: ml_collections.ConfigDict) -> list[Variant]:
 def _retrain_config(config: ml_collections.ConfigDict, epochs: int) -> ml_collections.ConfigDict:
   c = copy.deepcopy(config)
   with c.unlocked():
-    c.num_epochs, c.num_train_steps = epochs, -1
+    c.num_epochs, c.num_train_steps = epochs, config.prune.retrain_steps or -1
     c.optimizer.learning_rate = config.prune.retrain_learning_rate
     c.optimizer.warmup_epochs = config.prune.retrain_warmup_epochs
     c.early_stopping_patience = 0
@@ -201,10 +214,14 @@ class _Context:
     """Restores the dense run's state (latest, or `step`)."""
     return self.restore(dense_dir, self.init_fn(self.config), step)
 
-  def test_accuracy(self, params) -> float:
+  def test_metrics(self, params) -> dict[str, float]:
+    """{'loss', 'accuracy'} of `params` on the test split."""
     state = self.template.replace(params=params)
     return loop.evaluate(self.eval_call, self.par, state, self.test_split,
-                         self.par.eval_batch_size)['accuracy']
+                         self.par.eval_batch_size)
+
+  def test_accuracy(self, params) -> float:
+    return self.test_metrics(params)['accuracy']
 
   def score_batches(self) -> list[dict[str, np.ndarray]]:
     p = self.config.prune
@@ -216,9 +233,21 @@ class _Context:
 
 
 def _masks_for(ctx: _Context, variant: Variant, sparsity: float, params, prunable,
-               previous_masks=None) -> tuple[Any, list | None]:
-  """Scores `params` by the variant's method and selects; returns (masks, neuron keep or None)."""
+               previous_masks=None) -> tuple[Any, list | None, Any]:
+  """Scores `params` by the variant's method and selects.
+
+  Returns:
+    (masks, neuron keep or None, params: SparseGPT's updated ones, else the given ones).
+  """
   p = ctx.config.prune
+  if variant.score in ONE_SHOT:
+    calibration = [b['image'] for b in ctx.score_batches()]
+    target = ({'n': variant.n, 'm': variant.m} if variant.kind == 'nm'
+              else {'sparsity': sparsity})
+    params, masks = pruning.oneshot.prune(ctx.model.apply, params, calibration,
+                                          method=variant.score, prunable=prunable,
+                                          log=ctx.console.line, **target)
+    return masks, None, params
   loss_fn = pruning.batch_loss_fn(ctx.model.apply, ctx.loss)
   batches = ctx.score_batches() if variant.score in ('saliency', 'sensitivity') else ()
   scores = pruning.compute_scores(variant.score, params, loss_fn=loss_fn, batches=batches,
@@ -227,13 +256,13 @@ def _masks_for(ctx: _Context, variant: Variant, sparsity: float, params, prunabl
     scores = jax.tree.map(lambda s, m: jnp.where(m, s, -jnp.inf), scores, previous_masks)
   if variant.kind == 'neuron':
     keep = pruning.neuron_keep(scores, sparsity, scope='layerwise')
-    return pruning.neuron_masks(params, keep), keep
+    return pruning.neuron_masks(params, keep), keep, params
   if variant.kind == 'nm':
-    return pruning.nm_masks(scores, variant.n, variant.m, prunable=prunable), None
+    return pruning.nm_masks(scores, variant.n, variant.m, prunable=prunable), None, params
   masks = jax.jit(lambda s: pruning.masks_from_scores(
       s, sparsity, scope=variant.kind, prunable=prunable,
       overrides=parse_overrides(p.overrides)))(scores)
-  return masks, None
+  return masks, None, params
 
 
 def _prune_phase(ctx, directory, variant, sparsity, params, prunable, previous_masks=None):
@@ -246,7 +275,7 @@ def _prune_phase(ctx, directory, variant, sparsity, params, prunable, previous_m
       keep = [np.asarray(k, bool) for k in meta['neuron_keep']] if meta.get('neuron_keep') else None
       return arrays['params'], arrays['masks'], keep, meta
     start = time.perf_counter()
-    masks, keep = _masks_for(ctx, variant, sparsity, params, prunable, previous_masks)
+    masks, keep, params = _masks_for(ctx, variant, sparsity, params, prunable, previous_masks)
     masks = jax.block_until_ready(ctx.par.place(masks))  # Laid out like the params.
     keep = [np.asarray(k, bool) for k in keep] if keep is not None else None
     seconds = time.perf_counter() - start
@@ -256,7 +285,8 @@ def _prune_phase(ctx, directory, variant, sparsity, params, prunable, previous_m
             'sparsity': stats['sparsity'], 'total_sparsity': stats['total_sparsity'],
             'select_seconds': seconds,
             'neuron_keep': [np.asarray(k).astype(int).tolist() for k in keep] if keep else None}
-    meta['test_accuracy'] = ctx.test_accuracy(params)
+    evaluation = ctx.test_metrics(params)
+    meta['test_accuracy'], meta['test_loss'] = evaluation['accuracy'], evaluation['loss']
     ckpt.save(0, {'params': params, 'masks': masks}, meta)
     ckpt.wait()
     return params, masks, keep, meta
@@ -357,21 +387,23 @@ def _run_one(ctx, dense_dir, dense_state, variant, sparsity, prunable) -> dict[s
                                                target, params, prunable, masks)
       if r == 0:
         row['one_shot_test_accuracy'] = meta['test_accuracy']
+        row['one_shot_test_loss'] = meta.get('test_loss')
       ctx.console.line(f'{prefix}pruned to {meta["sparsity"]:.4f} (round {r + 1}/{rounds}): '
                        f'test_accuracy before retraining {meta["test_accuracy"]:.4f}')
       if rewind is not None:
         params = pruning.apply_masks(rewind, masks)
-      if p.retrain_epochs > 0:
+      if p.retrain_epochs > 0 or p.retrain_steps > 0:
         state = _retrain_phase(ctx, os.path.join(where, 'retrained'), params, masks,
                                prunable, p.retrain_epochs, prefix=prefix)
         params, masks = state.params, state.masks
         retrain_epochs_total += p.retrain_epochs
+        row['retrain_steps'] = row.get('retrain_steps', 0) + p.retrain_steps
   stats = pruning.sparsity_stats(params, masks, prunable)
   row.update(sparsity=stats['sparsity'], total_sparsity=stats['total_sparsity'],
              nonzero=stats['total_nonzero'], dense_bytes=stats['dense_bytes'],
              retrain_epochs=retrain_epochs_total,
              total_epochs=ctx.config.num_epochs + retrain_epochs_total,
-             test_accuracy=ctx.test_accuracy(params),
+             **{f'test_{k}': v for k, v in ctx.test_metrics(params).items()},
              layers={k: v['sparsity'] for k, v in stats['layers'].items()})
   if p.export_formats:
     row['export'] = _export(ctx, os.path.join(run_dir, 'export'), params, masks, prunable)
@@ -409,11 +441,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     dense_results = loop.train_and_evaluate(config, dense_dir, keep_steps=keep,
                                             log_prefix='[dense] ')
   dense_state = ctx.dense_state(dense_dir)
-  dense_accuracy = ctx.test_accuracy(dense_state.params)
+  dense_metrics = ctx.test_metrics(dense_state.params)
+  dense_accuracy = dense_metrics['accuracy']
   prunable = pruning.prunable_tree(dense_state.params, tuple(p.include), tuple(p.exclude))
   console.line(f'Dense model: test_accuracy {dense_accuracy:.4f} ({dense_dir}); pruning '
                f'{len(variants)} variant(s) x {len(p.sparsities)} sparsity(ies), schedule '
-               f'{p.schedule}, {p.retrain_epochs} retrain epoch(s) each')
+               f'{p.schedule}, ' + (f'{p.retrain_steps} retrain step(s)' if p.retrain_steps else
+                                    f'{p.retrain_epochs} retrain epoch(s)') + ' each')
 
   rows = []
   for variant in variants:
@@ -427,6 +461,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   results = {
       'config_name': config.name, 'dataset': config.data.name, 'schedule': p.schedule,
       'dense_dir': dense_dir, 'dense_test_accuracy': dense_accuracy,
+      'dense_test_loss': dense_metrics['loss'],
       'dense_epochs': dense_results.get('epochs_run'), 'rows': rows,
       'wall_time_s': time.monotonic() - start, 'jax_version': jax.__version__,
       'backend': jax.default_backend(), 'num_devices': len(ctx.par.devices),
@@ -443,11 +478,17 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   return results
 
 
+def _fmt(value) -> str:
+  return '' if value is None else f'{value:.4f}'
+
+
 def markdown_table(results: dict[str, Any]) -> str:
-  lines = [f'Dense test accuracy {results["dense_test_accuracy"]:.4f}; schedule '
+  lines = [f'Dense test accuracy {results["dense_test_accuracy"]:.4f}, loss '
+           f'{_fmt(results.get("dense_test_loss"))}; schedule '
            f'{results["schedule"]}.', '',
-           '| variant | sparsity | one-shot acc | final acc | vs dense | retrain epochs '
-           '| bitmask+f32 | bitmask+int8 | notes |', '|---|---|---|---|---|---|---|---|---|']
+           '| variant | sparsity | one-shot acc | final acc | vs dense | one-shot loss '
+           '| final loss | retrain epochs | bitmask+f32 | bitmask+int8 | notes |',
+           '|---|---|---|---|---|---|---|---|---|---|---|']
   for r in results['rows']:
     one = r.get('one_shot_test_accuracy')
     exp = r.get('export', {})
@@ -459,7 +500,8 @@ def markdown_table(results: dict[str, Any]) -> str:
                f'x{s["batch_256"]["speedup"]:.2f} (b256)')
     lines.append(f'| {r["variant"]} | {r["sparsity"]:.4f} | '
                  f'{"" if one is None else f"{one:.4f}"} | {r["test_accuracy"]:.4f} | '
-                 f'{r["delta"] * 100:+.2f} pt | {r["retrain_epochs"]} | {size.get("none", "")} | '
+                 f'{r["delta"] * 100:+.2f} pt | {_fmt(r.get("one_shot_test_loss"))} | '
+                 f'{_fmt(r.get("test_loss"))} | {r["retrain_epochs"]} | {size.get("none", "")} | '
                  f'{size.get("int8", "")} | {notes} |')
   return '\n'.join(lines) + '\n'
 

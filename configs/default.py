@@ -113,7 +113,8 @@ def get_config() -> ml_collections.ConfigDict:
   # --- Pruning (bigmodel_jax/compress.py; off unless enabled) -----------------
   config.prune = prune = ml_collections.ConfigDict()
   prune.enabled = False  # True: launch.py runs dense -> prune -> retrain instead of plain training.
-  # What to prune, '<score>/<kind>' each: score magnitude | saliency | sensitivity | random;
+  # What to prune, '<score>/<kind>' each: score magnitude | saliency | sensitivity | random,
+  # or the post-training wanda | sparsegpt (layerwise or N:M only, one_shot schedule);
   # kind global | layerwise (unstructured), neuron (whole hidden units, then physically removed)
   # or N:M such as 2:4 (N kept of every M along the input dimension; ignores `sparsities`).
   prune.variants = ('magnitude/global',)
@@ -122,9 +123,10 @@ def get_config() -> ml_collections.ConfigDict:
   prune.include = ('*kernel',)  # Glob patterns of prunable leaves, e.g. 'Dense_[01]/kernel'.
   prune.exclude = ()  # Glob patterns removed from `include` (biases and norms are never matched by default).
   prune.overrides = ''  # Per-layer sparsities, 'PATTERN=S,PATTERN=S' (e.g. 'Dense_2/kernel=0.5').
-  prune.score_batches = 8  # Training batches that saliency / sensitivity scores average over.
+  prune.score_batches = 8  # Training batches for saliency / sensitivity, and wanda / sparsegpt calibration.
   prune.score_batch_size = 128  # Examples per scoring batch.
   prune.retrain_epochs = 3  # Masked retraining epochs after each pruning (gradual: the whole phase).
+  prune.retrain_steps = 0  # >0: retrain this many steps instead of retrain_epochs (one_shot / iterative).
   prune.retrain_learning_rate = 3e-4  # Peak LR of retraining (fresh optimizer, optimizer.schedule).
   prune.retrain_warmup_epochs = 0.0  # Warm-up of the retraining schedule (warmup_cosine).
   prune.rounds = 3  # iterative: rounds, each removing the same fraction of the remaining weights.

@@ -100,3 +100,28 @@ def test_tiny_gpt_learns_the_generated_text(text_dir, tfds_dir, tmp_path):
   assert results['final_eval_loss'] < 2.5
   assert np.isfinite(results['test_loss'])
   assert results['parallelism']['mode'] == 'single'
+
+
+def test_one_shot_llm_pruning_sweep_end_to_end(text_dir, tfds_dir, tmp_path):
+  from bigmodel_jax import compress
+  from configs import shakespeare_gpt_prune
+  config = shakespeare_gpt_prune.get_config()
+  small = _config(text_dir, tfds_dir)
+  config.data, config.model, config.optimizer = small.data, small.model, small.optimizer
+  config.batch_size, config.eval_batch_size = small.batch_size, small.eval_batch_size
+  config.num_train_steps, config.steps_per_call = 40, 20
+  config.checkpoint_async, config.write_plot = False, False
+  config.prune.variants = ('magnitude/layerwise', 'wanda/layerwise', 'sparsegpt/2:4')
+  config.prune.score_batches, config.prune.score_batch_size = 2, 8
+  config.prune.retrain_steps = 10
+  results = compress.run(config, str(tmp_path))
+  rows = {r['variant']: r for r in results['rows']}
+  assert set(rows) == {'magnitude/layerwise', 'wanda/layerwise', 'sparsegpt/2:4'}
+  for row in rows.values():
+    assert row['sparsity'] == pytest.approx(0.5, abs=1e-9)
+    assert np.isfinite(row['one_shot_test_loss']) and np.isfinite(row['test_loss'])
+    assert row['retrain_steps'] == 10
+  assert 'one-shot loss' in open(os.path.join(str(tmp_path), 'results.md')).read()
+  config.prune.variants = ('wanda/global',)
+  with pytest.raises(ConfigError, match='layer by layer'):
+    compress.run(config, str(tmp_path / 'bad'))
