@@ -158,24 +158,18 @@ def worker_pipeline(epochs: int) -> dict:
 
 def worker_peak() -> dict:
   import jax
-  import jax.numpy as jnp
-  n = 4096
-  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
-  matmul = jax.jit(lambda a, b: a @ b)
-  matmul(a, a).block_until_ready()
-  best = float('inf')
-  for _ in range(5):
-    start = time.perf_counter()
-    matmul(a, a).block_until_ready()
-    best = min(best, time.perf_counter() - start)
   import numpy as np
-  b = np.asarray(a)
+
+  from bigmodel_jax import timing
+  n = 4096
+  gflops = timing.matmul_peak_gflops(n)
+  b = np.asarray(jax.random.normal(jax.random.PRNGKey(0), (n, n)))
   np_best = float('inf')
   for _ in range(3):
     start = time.perf_counter()
     b @ b
     np_best = min(np_best, time.perf_counter() - start)
-  return {'gflops': 2 * n ** 3 / best / 1e9, 'numpy_gflops': 2 * n ** 3 / np_best / 1e9}
+  return {'gflops': gflops, 'numpy_gflops': 2 * n ** 3 / np_best / 1e9}
 
 
 def _run_worker(name: str, args) -> dict:

@@ -31,3 +31,21 @@ def dense_train_step_flops(params: Any, batch_size: int) -> int:
   with other reports, and the benchmark prints both.
   """
   return 3 * dense_forward_flops(params, batch_size)
+
+
+def transformer_forward_flops_per_token(*, num_layers: int, embed_dim: int, seq_len: int,
+                                        vocab_size: int, mlp_ratio: int = 4) -> int:
+  """Matmul FLOPs of one token's forward pass through a GPT (`models.GPT`).
+
+  Per layer: the q, k, v and out projections 4 x 2E^2, the MLP 2 x 2 r E^2, and attention's
+  scores and weighted sum 2 x 2 T E (the full T x T products: the causal mask saves no work in
+  a dense kernel); then the output projection 2 E V. Embedding lookups cost no FLOPs.
+  """
+  e, t = embed_dim, seq_len
+  per_layer = 8 * e * e + 4 * mlp_ratio * e * e + 4 * t * e
+  return num_layers * per_layer + 2 * e * vocab_size
+
+
+def transformer_train_flops_per_token(**kwargs) -> int:
+  """Forward + backward: 3x the forward (the same convention as nanoGPT's 6N + 12LHQT)."""
+  return 3 * transformer_forward_flops_per_token(**kwargs)

@@ -16,3 +16,17 @@ def median_ms(fn, *args, repeats: int = 50, warmup: int = 5, min_seconds: float 
     jax.block_until_ready(fn(*args))
     times.append(time.perf_counter() - t)
   return 1e3 * statistics.median(times)
+
+
+def matmul_peak_gflops(n: int = 4096, repeats: int = 5) -> float:
+  """Best float32 GFLOP/s of an n x n x n matmul through XLA: the machine's practical peak, for
+  utilisation figures (never a datasheet number)."""
+  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jax.numpy.float32)
+  matmul = jax.jit(lambda a, b: a @ b)
+  matmul(a, a).block_until_ready()
+  best = float('inf')
+  for _ in range(repeats):
+    start = time.perf_counter()
+    matmul(a, a).block_until_ready()
+    best = min(best, time.perf_counter() - start)
+  return 2 * n ** 3 / best / 1e9

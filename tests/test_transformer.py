@@ -132,3 +132,32 @@ def test_vit_classifies_fashion_mnist_sized_images():
   assert _count(params) == expected
   with pytest.raises(ValueError, match='patches'):
     transformer.ViT(patch_size=5).init(jax.random.PRNGKey(0), images)
+
+
+def test_head_removal_equals_head_masking():
+  from bigmodel_jax.pruning import heads
+  model = _gpt(num_heads=4, embed_dim=32, use_bias=True)
+  params = _params(model)
+  tokens = jax.random.randint(jax.random.PRNGKey(5), (3, 10), 0, 17)
+  scores = heads.head_scores(model.apply, params, [tokens], head_dim=8)
+  assert set(scores) == {'block_0', 'block_1'} and scores['block_0'].shape == (4,)
+  keep = heads.keep_heads(scores, 0.5)
+  assert all(k.sum() == 2 for k in keep.values())
+  masks = heads.head_masks(params, keep, head_dim=8)
+  masked = jax.tree.map(lambda p, m: jnp.where(m, p, 0), params, masks)
+  small_model, small_params = heads.shrink_heads(model, params, keep)
+  assert small_model.heads_per_layer == (2, 2)
+  assert small_params['block_0']['attn']['query']['kernel'].shape == (32, 16)
+  assert small_params['block_0']['attn']['out']['kernel'].shape == (16, 32)
+  np.testing.assert_allclose(small_model.apply({'params': small_params}, tokens),
+                             model.apply({'params': masked}, tokens), atol=1e-5)
+  # Removing the lowest-scored heads costs less than removing the highest-scored ones.
+  full = model.apply({'params': params}, tokens)
+  worst = {k: ~v for k, v in keep.items()}
+  low = jnp.mean((model.apply({'params': jax.tree.map(
+      lambda p, m: jnp.where(m, p, 0), params, heads.head_masks(params, keep, 8))}, tokens)
+      - full) ** 2)
+  high = jnp.mean((model.apply({'params': jax.tree.map(
+      lambda p, m: jnp.where(m, p, 0), params, heads.head_masks(params, worst, 8))}, tokens)
+      - full) ** 2)
+  assert low < high

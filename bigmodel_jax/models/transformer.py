@@ -65,6 +65,7 @@ class SelfAttention(nn.Module):
   max_len: int = 1024
   use_bias: bool = True
   out_std: float = 0.02
+  head_dim: int | None = None  # None: width / num_heads. Set when heads were pruned away.
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
@@ -72,11 +73,12 @@ class SelfAttention(nn.Module):
                decode: bool = False) -> jax.Array:
     """x [batch, length, width] at positions [length] -> [batch, length, width]."""
     batch, length, width = x.shape
-    if width % self.num_heads:
+    if self.head_dim is None and width % self.num_heads:
       raise ValueError(f'Width {width} does not divide into {self.num_heads} heads.')
-    head_dim = width // self.num_heads
+    head_dim = self.head_dim or width // self.num_heads
+    inner = self.num_heads * head_dim
     split = lambda t: t.reshape(batch, length, self.num_heads, head_dim)
-    proj = lambda name: _dense(width, name, (EMBED, HEADS), use_bias=self.use_bias,
+    proj = lambda name: _dense(inner, name, (EMBED, HEADS), use_bias=self.use_bias,
                                dtype=self.dtype)
     q, k, v = (split(proj(name)(x)) for name in ('query', 'key', 'value'))
     if self.rope:
@@ -99,7 +101,7 @@ class SelfAttention(nn.Module):
       logits = jnp.where(allowed[None, None], logits, _NEG_INF)
     weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
     weights = nn.Dropout(self.dropout_rate, deterministic=not train)(weights)
-    out = jnp.einsum('bhqk,bkhd->bqhd', weights, v).reshape(batch, length, width)
+    out = jnp.einsum('bhqk,bkhd->bqhd', weights, v).reshape(batch, length, inner)
     out = _dense(width, 'out', (HEADS, EMBED), std=self.out_std, use_bias=self.use_bias,
                  dtype=self.dtype)(out)
     return nn.Dropout(self.dropout_rate, deterministic=not train)(out)
@@ -115,6 +117,7 @@ class Block(nn.Module):
   max_len: int = 1024
   use_bias: bool = True
   out_std: float = 0.02
+  head_dim: int | None = None
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
@@ -124,7 +127,8 @@ class Block(nn.Module):
     h = _layer_norm('ln_1', self.use_bias, self.dtype)(x)
     x = x + SelfAttention(self.num_heads, causal=self.causal, rope=self.rope,
                           dropout_rate=self.dropout_rate, max_len=self.max_len,
-                          use_bias=self.use_bias, out_std=self.out_std, dtype=self.dtype,
+                          use_bias=self.use_bias, out_std=self.out_std,
+                          head_dim=self.head_dim, dtype=self.dtype,
                           name='attn')(h, positions, train=train, decode=decode)
     h = _layer_norm('ln_2', self.use_bias, self.dtype)(x)
     h = _dense(self.mlp_ratio * width, 'fc', (EMBED, MLP_AXIS), use_bias=self.use_bias,
@@ -145,6 +149,8 @@ class GPT(nn.Module):
     position: 'learned' (a position table, GPT-2) or 'rope' (rotary, no table).
     tie_embeddings: output logits from the token table (else a separate `lm_head`).
     use_bias: biases in projections and LayerNorms (nanoGPT's small recipe has none).
+    heads_per_layer: after structured head pruning, the heads each block kept (head width stays
+      embed_dim / num_heads); None = num_heads everywhere.
     dtype: compute dtype, e.g. jnp.bfloat16; params stay float32, logits come out float32.
   """
   vocab_size: int
@@ -157,6 +163,7 @@ class GPT(nn.Module):
   position: str = 'learned'
   tie_embeddings: bool = True
   use_bias: bool = False
+  heads_per_layer: tuple[int, ...] | None = None
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
@@ -186,11 +193,12 @@ class GPT(nn.Module):
       x = x + jnp.take(jnp.asarray(wpe), positions, axis=0).astype(self.dtype)[None]
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     out_std = 0.02 / math.sqrt(2 * self.num_layers)  # GPT-2's scaled residual projections.
+    heads = self.heads_per_layer or (self.num_heads,) * self.num_layers
     for i in range(self.num_layers):
-      x = Block(self.num_heads, self.mlp_ratio, causal=True, rope=self.position == 'rope',
+      x = Block(heads[i], self.mlp_ratio, causal=True, rope=self.position == 'rope',
                 dropout_rate=self.dropout_rate, max_len=self.max_len, use_bias=self.use_bias,
-                out_std=out_std, dtype=self.dtype, name=f'block_{i}')(
-                    x, positions, train=train, decode=decode)
+                out_std=out_std, head_dim=self.embed_dim // self.num_heads, dtype=self.dtype,
+                name=f'block_{i}')(x, positions, train=train, decode=decode)
     x = _layer_norm('ln_f', self.use_bias, self.dtype)(x)
     if self.tie_embeddings:
       logits = wte.attend(x.astype(jnp.float32))

@@ -10,7 +10,7 @@
 Masks are bool trees shaped like the params (True = keep). See each module for details.
 """
 
-from bigmodel_jax.pruning import llm, oneshot
+from bigmodel_jax.pruning import heads, llm, oneshot
 from bigmodel_jax.pruning.export import load_compact, save_compact
 from bigmodel_jax.pruning.masks import (
   DEFAULT_INCLUDE,
@@ -46,6 +46,7 @@ from bigmodel_jax.pruning.structured import neuron_keep, neuron_masks, neuron_sc
 
 __all__ = [
     'DEFAULT_INCLUDE', 'METHODS', 'SCHEDULES', 'apply_masks', 'batch_loss_fn', 'compute_scores',
+    'heads',
     'is_update_step', 'iterative_sparsities', 'leaf_paths', 'llm', 'load_compact', 'lowest_k_masks',
     'magnitude', 'masked', 'masks_from_scores', 'neuron_keep', 'neuron_masks', 'neuron_scores',
     'nm_mask', 'nm_masks', 'oneshot', 'ones_like', 'polynomial_sparsity', 'prunable_tree',
