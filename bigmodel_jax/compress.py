@@ -507,9 +507,15 @@ def markdown_table(results: dict[str, Any]) -> str:
 
 
 def plot_sweep(results: dict[str, Any], path: str) -> None:
+  """Accuracy vs sparsity, a curve per variant; with one sparsity per variant (e.g. the LM's 50% /
+  2:4 comparison), bars of test loss one-shot and after retraining instead."""
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
+  rows = results['rows']
+  if len({r['variant'] for r in rows}) == len(rows) and all('test_loss' in r for r in rows):
+    _plot_losses(results, path, plt)
+    return
   fig, ax = plt.subplots(figsize=(7, 4.5))
   by_variant: dict[str, list] = {}
   for r in results['rows']:
@@ -522,6 +528,29 @@ def plot_sweep(results: dict[str, Any], path: str) -> None:
   ax.set_ylabel('test accuracy (%)')
   ax.set_title(f'{results["config_name"]}: {results["schedule"]} pruning')
   ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def _plot_losses(results: dict[str, Any], path: str, plt) -> None:
+  rows = results['rows']
+  fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(rows)), 4.5))
+  x = np.arange(len(rows))
+  one_shot = [r.get('one_shot_test_loss') or np.nan for r in rows]
+  ax.bar(x - 0.2, one_shot, 0.4, label='one-shot')
+  ax.bar(x + 0.2, [r['test_loss'] for r in rows], 0.4, label='after retraining')
+  if results.get('dense_test_loss') is not None:
+    ax.axhline(results['dense_test_loss'], color='k', linestyle='--', label='dense')
+  values = [v for v in one_shot + [r['test_loss'] for r in rows] if np.isfinite(v)]
+  low = min(values + [results.get('dense_test_loss') or min(values)])
+  ax.set_ylim(low - 0.05 * (max(values) - low + 1e-9) - 0.02, max(values) * 1.01)
+  labels = [r['variant'].replace('/', '/\n') + f'\n{r["sparsity"]:.0%}' for r in rows]
+  ax.set_xticks(x, labels, fontsize=8)
+  ax.set_ylabel('test loss')
+  ax.set_title(f'{results["config_name"]}: {results["schedule"]} pruning')
+  ax.grid(alpha=0.3, axis='y')
   ax.legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=120)

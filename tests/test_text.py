@@ -110,7 +110,7 @@ def test_one_shot_llm_pruning_sweep_end_to_end(text_dir, tfds_dir, tmp_path):
   config.data, config.model, config.optimizer = small.data, small.model, small.optimizer
   config.batch_size, config.eval_batch_size = small.batch_size, small.eval_batch_size
   config.num_train_steps, config.steps_per_call = 40, 20
-  config.checkpoint_async, config.write_plot = False, False
+  config.checkpoint_async, config.write_plot = False, True
   config.prune.variants = ('magnitude/layerwise', 'wanda/layerwise', 'sparsegpt/2:4')
   config.prune.score_batches, config.prune.score_batch_size = 2, 8
   config.prune.retrain_steps = 10
@@ -122,6 +122,7 @@ def test_one_shot_llm_pruning_sweep_end_to_end(text_dir, tfds_dir, tmp_path):
     assert np.isfinite(row['one_shot_test_loss']) and np.isfinite(row['test_loss'])
     assert row['retrain_steps'] == 10
   assert 'one-shot loss' in open(os.path.join(str(tmp_path), 'results.md')).read()
+  assert os.path.getsize(os.path.join(str(tmp_path), 'sparsity_sweep.png')) > 1000  # Loss bars.
   config.prune.variants = ('wanda/global',)
   with pytest.raises(ConfigError, match='layer by layer'):
     compress.run(config, str(tmp_path / 'bad'))
