@@ -179,6 +179,8 @@ class _Context:
     self.model = models.create_model(config.model, self.datasets.num_classes)
     self.loss = losses.LOSSES[config.loss]
     self.par = parallel.from_config(config)
+    self.par.set_logical_axes(models.logical_axes(
+        self.model, self.datasets.train.images.shape[1:], self.datasets.train.images.dtype))
     self.eval_call = self.par.eval_call(loss_fn=self.loss)
     self.test_split = (self.datasets.test if self.datasets.test is not None
                        else self.datasets.eval)

@@ -124,6 +124,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   num_epochs = -(-total_steps // steps_per_epoch)
 
   model = models.create_model(config.model, datasets.num_classes)
+  par.set_logical_axes(models.logical_axes(model, datasets.train.images.shape[1:],
+                                           datasets.train.images.dtype))
   tx, schedule = optim.create_optimizer(config.optimizer, steps_per_epoch, total_steps)
   if masked:
     # Masking the updates keeps pruned weights at zero; the gradients need masking too only

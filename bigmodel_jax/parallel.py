@@ -35,8 +35,13 @@ from bigmodel_jax import train
 from bigmodel_jax.errors import ConfigError
 
 MODES = ('single', 'pmap', 'sharded')
-MESH_AXES = ('data', 'fsdp')
+MESH_AXES = ('data', 'fsdp', 'tensor')
+BATCH_AXES = ('data', 'fsdp')  # The batch is split over these; 'tensor' devices share examples.
 PMAP_AXIS = 'data'
+# Logical parameter axes (models/transformer.py) -> mesh axes, used when the mesh has a 'tensor'
+# axis: Megatron-style splits of heads and MLP width over 'tensor', the embedding dimension over
+# 'fsdp'. A dimension that the mesh axis does not divide stays whole.
+LOGICAL_RULES = {'embed': 'fsdp', 'heads': 'tensor', 'mlp': 'tensor', 'vocab': 'tensor'}
 
 
 def initialize_distributed(parallelism: ml_collections.ConfigDict) -> None:
@@ -76,25 +81,29 @@ def process_zero_first(fn: Callable[[], Any]) -> Any:
   return fn() if jax.process_index() != 0 else result
 
 
-def mesh_shape(parallelism: ml_collections.ConfigDict, num_devices: int) -> tuple[int, int]:
-  """(data, fsdp) sizes for `num_devices`, resolving one -1 entry to 'the rest'."""
-  data, fsdp = parallelism.data, parallelism.fsdp
+def mesh_shape(parallelism: ml_collections.ConfigDict,
+               num_devices: int) -> tuple[int, int, int]:
+  """(data, fsdp, tensor) sizes for `num_devices`; one of data / fsdp may be -1 = the rest."""
+  data, fsdp, tensor = parallelism.data, parallelism.fsdp, parallelism.tensor
   if data == -1 and fsdp == -1:
     raise ConfigError('config.parallelism: only one of data and fsdp may be -1.')
   for name, size in (('data', data), ('fsdp', fsdp)):
     if size == 0 or size < -1:
       raise ConfigError(f'config.parallelism.{name}={size}: use a positive size or -1 (the rest).')
-  known = max(data, 1) * max(fsdp, 1)
+  if not isinstance(tensor, int) or tensor < 1:
+    raise ConfigError(f'config.parallelism.tensor={tensor!r}: use a positive size (1 = none).')
+  known = max(data, 1) * max(fsdp, 1) * tensor
   if num_devices % known:
-    raise ConfigError(f'config.parallelism: a data={data} x fsdp={fsdp} mesh does not divide '
-                      f'the {num_devices} devices.')
+    raise ConfigError(f'config.parallelism: a data={data} x fsdp={fsdp} x tensor={tensor} mesh '
+                      f'does not divide the {num_devices} devices.')
   data = num_devices // known if data == -1 else data
   fsdp = num_devices // known if fsdp == -1 else fsdp
-  if data * fsdp != num_devices:
-    raise ConfigError(f'config.parallelism: the mesh data={data} x fsdp={fsdp} = {data * fsdp} '
-                      f'devices, but {num_devices} are in use (parallelism.num_devices or the '
-                      'machine); make the product match, or set one axis to -1.')
-  return data, fsdp
+  if data * fsdp * tensor != num_devices:
+    raise ConfigError(f'config.parallelism: the mesh data={data} x fsdp={fsdp} x tensor={tensor} '
+                      f'= {data * fsdp * tensor} devices, but {num_devices} are in use '
+                      '(parallelism.num_devices or the machine); make the product match, or set '
+                      'data or fsdp to -1.')
+  return data, fsdp, tensor
 
 
 def fsdp_spec(shape: tuple[int, ...], fsdp: int, min_size: int) -> P:
@@ -193,17 +202,21 @@ class Parallelism:
                           "'sharded' or 'pmap'.")
       devices = devices[:1]
     self.devices = devices
+    if self.mode != 'sharded' and config.tensor != 1:
+      raise ConfigError(f'config.parallelism.tensor={config.tensor} needs mode=\'sharded\'.')
     if self.mode == 'sharded':
-      self.data, self.fsdp = mesh_shape(config, len(devices))
-      device_grid = (mesh_utils.create_device_mesh((self.data, self.fsdp), devices)
+      self.data, self.fsdp, self.tensor = mesh_shape(config, len(devices))
+      shape = (self.data, self.fsdp, self.tensor)
+      device_grid = (mesh_utils.create_device_mesh(shape, devices)
                      if not multi or len(devices) == jax.device_count()
-                     else np.array(devices).reshape(self.data, self.fsdp))
+                     else np.array(devices).reshape(shape))
       self.mesh = Mesh(device_grid, MESH_AXES)
       self.shards = self.data * self.fsdp
     else:
-      self.data, self.fsdp = len(devices), 1
-      self.mesh = Mesh(np.array(devices).reshape(len(devices), 1), MESH_AXES)
+      self.data, self.fsdp, self.tensor = len(devices), 1, 1
+      self.mesh = Mesh(np.array(devices).reshape(len(devices), 1, 1), MESH_AXES)
       self.shards = len(devices) if self.mode == 'pmap' else 1
+    self._logical: dict[str, tuple] = {}
     if batch_size % self.shards:
       raise ConfigError(
           f'config.batch_size={batch_size} does not divide over the {self.shards} data-parallel '
@@ -215,7 +228,7 @@ class Parallelism:
     if self.eval_batch_size != eval_batch_size:
       logging.info('Evaluation batch %d rounded up to %d, a multiple of the %d shards.',
                    eval_batch_size, self.eval_batch_size, self.shards)
-    self._batch_spec = P(MESH_AXES)
+    self._batch_spec = P(BATCH_AXES)
     self._replicated = NamedSharding(self.mesh, P())
     self._local = ([d for d in devices if d.process_index == jax.process_index()]
                    if self.mode == 'pmap' else None)
@@ -223,13 +236,15 @@ class Parallelism:
   # --- description ------------------------------------------------------------------------
   def describe_mesh(self) -> str:
     if self.mode == 'sharded':
-      return f'mesh data={self.data} x fsdp={self.fsdp}'
+      return (f'mesh data={self.data} x fsdp={self.fsdp}'
+              + (f' x tensor={self.tensor}' if self.tensor > 1 else ''))
     return f'{len(self.devices)} device(s)'
 
   def describe(self) -> dict[str, Any]:
     """What results.json and the start-up line report about the layout."""
     return {'mode': self.mode, 'num_devices': len(self.devices),
-            'num_processes': jax.process_count(), 'mesh': {'data': self.data, 'fsdp': self.fsdp},
+            'num_processes': jax.process_count(),
+            'mesh': {'data': self.data, 'fsdp': self.fsdp, 'tensor': self.tensor},
             'global_batch': self.batch_size, 'per_device_batch': self.batch_size // self.shards,
             'device_kind': self.devices[0].device_kind, 'backend': jax.default_backend()}
 
@@ -241,15 +256,45 @@ class Parallelism:
             + f', global batch {self.batch_size} = {d["per_device_batch"]} per device')
 
   # --- shardings and placement --------------------------------------------------------------
+  def set_logical_axes(self, params_axes: Any) -> None:
+    """Registers the params' logical axis names (a tree of PartitionSpecs of names, e.g. from
+    `nn.get_partition_spec`), used to split leaves over the 'tensor' axis (`LOGICAL_RULES`)."""
+    leaves = jax.tree_util.tree_leaves_with_path(params_axes, is_leaf=lambda x: isinstance(x, P))
+    self._logical = {'/'.join(str(getattr(k, 'key', k)) for k in path): tuple(spec)
+                     for path, spec in leaves if len(tuple(spec))}
+
+  def _logical_spec(self, path: str, shape: tuple[int, ...]) -> P | None:
+    for name, axes in self._logical.items():
+      if (path == name or path.endswith('/' + name)) and len(axes) == len(shape):
+        sizes = {'fsdp': self.fsdp, 'tensor': self.tensor}
+        mesh_axes = [LOGICAL_RULES.get(a) for a in axes]
+        return P(*[m if m and dim % sizes[m] == 0 else None
+                   for m, dim in zip(mesh_axes, shape, strict=True)])
+    return None
+
   def shardings(self, tree: Any) -> Any:
-    """A sharding per leaf of `tree` (arrays or ShapeDtypeStructs): params, moments and masks of
-    the same shape get the same one, so masks always share their params' layout."""
+    """A sharding per leaf of `tree` (arrays or ShapeDtypeStructs).
+
+    Params, optimizer moments and masks of a parameter get the same one (the same shape rule, or
+    the same logical names found by path suffix), so masks always share their params' layout.
+    With a 'tensor' axis, leaves with logical names follow `LOGICAL_RULES`; others, and every
+    leaf without one, follow the FSDP shape rule.
+    """
     if self.mode == 'single':
       return jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(self.devices[0]), tree)
-    if self.mode == 'pmap' or self.fsdp == 1:
+    if self.mode == 'pmap' or (self.fsdp == 1 and self.tensor == 1):
       return jax.tree.map(lambda _: self._replicated, tree)
-    return jax.tree.map(lambda x: NamedSharding(
-        self.mesh, fsdp_spec(tuple(x.shape), self.fsdp, self.config.fsdp_min_size)), tree)
+
+    def one(path, x):
+      shape = tuple(x.shape)
+      spec = None
+      if self.tensor > 1 and self._logical:
+        spec = self._logical_spec('/'.join(str(getattr(k, 'key', getattr(k, 'idx', k)))
+                                           for k in path), shape)
+      if spec is None:
+        spec = fsdp_spec(shape, self.fsdp, self.config.fsdp_min_size)
+      return NamedSharding(self.mesh, spec)
+    return jax.tree_util.tree_map_with_path(one, tree)
 
   def abstract(self, tree: Any) -> Any:
     """ShapeDtypeStructs carrying this run's shardings (an Orbax restore target)."""
@@ -308,7 +353,7 @@ class Parallelism:
       n = len(self._local)
       return jax.tree.map(lambda x: x.reshape(*x.shape[:axis], n, x.shape[axis] // n,
                                               *x.shape[axis + 1:]), local)
-    spec = P(*([None] * axis), MESH_AXES)
+    spec = P(*([None] * axis), BATCH_AXES)
     sharding = NamedSharding(self.mesh, spec)
     rows = jax.process_count()
 
@@ -319,8 +364,11 @@ class Parallelism:
     return jax.tree.map(put, local)
 
   def _global_rows(self, local_rows: int) -> int:
-    return local_rows * self.shards // sum(
-        1 for d in self.mesh.devices.flat if d.process_index == jax.process_index())
+    # Devices on the 'tensor' axis hold the same rows: count distinct batch shards of this host.
+    sharding = NamedSharding(self.mesh, self._batch_spec)
+    held = {(s[0].start, s[0].stop) for s in
+            sharding.addressable_devices_indices_map((self.shards,)).values()}
+    return local_rows * self.shards // len(held)
 
   # --- compiled steps -----------------------------------------------------------------------
   def train_call(self, state: Any, *, loss_fn: train.LossFn,
@@ -336,7 +384,7 @@ class Parallelism:
     if self.mode == 'single':
       return CompiledCall(jax.jit(step, donate_argnums=0), 'train steps')
     state_sh = self.shardings(state)
-    chunk_sh = NamedSharding(self.mesh, P(None, MESH_AXES))
+    chunk_sh = NamedSharding(self.mesh, P(None, BATCH_AXES))
     fn = jax.jit(step, in_shardings=(state_sh, chunk_sh),
                  out_shardings=(state_sh, self._replicated), donate_argnums=0)
     return CompiledCall(fn, 'sharded train steps')

@@ -101,6 +101,9 @@ def get_config() -> ml_collections.ConfigDict:
   par.mode = 'sharded'
   par.data = -1  # sharded: devices on the 'data' axis; -1 = the rest (devices / fsdp).
   par.fsdp = 1  # sharded: devices on the 'fsdp' axis that split each large leaf (1 = replicate).
+  # sharded: devices on the 'tensor' axis (1 = none): Transformer heads, MLP width and vocabulary
+  # are split over it by their logical axis names (parallel.LOGICAL_RULES); the batch is not.
+  par.tensor = 1
   par.fsdp_min_size = 1024  # sharded: leaves with fewer elements stay replicated.
   par.num_devices = -1  # One host only: use the first N devices (-1 = all of the cluster's).
   par.distributed = False  # Call jax.distributed.initialize() first (several hosts / processes).

@@ -9,6 +9,7 @@ import os
 
 import chex
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -48,12 +49,13 @@ def test_eight_fake_devices_are_there():
   assert jax.device_count() == 8
 
 
-@pytest.mark.parametrize('data_size,fsdp,devices,expected', [
-    (-1, 1, 8, (8, 1)), (-1, 2, 8, (4, 2)), (2, -1, 8, (2, 4)), (4, 2, 8, (4, 2)),
-    (1, 1, 1, (1, 1)),
+@pytest.mark.parametrize('data_size,fsdp,tensor,devices,expected', [
+    (-1, 1, 1, 8, (8, 1, 1)), (-1, 2, 1, 8, (4, 2, 1)), (2, -1, 1, 8, (2, 4, 1)),
+    (4, 2, 1, 8, (4, 2, 1)), (1, 1, 1, 1, (1, 1, 1)), (-1, 2, 2, 8, (2, 2, 2)),
 ])
-def test_mesh_shape_resolves_the_rest(data_size, fsdp, devices, expected):
-  assert parallel.mesh_shape(_parallelism(data=data_size, fsdp=fsdp), devices) == expected
+def test_mesh_shape_resolves_the_rest(data_size, fsdp, tensor, devices, expected):
+  config = _parallelism(data=data_size, fsdp=fsdp, tensor=tensor)
+  assert parallel.mesh_shape(config, devices) == expected
 
 
 @pytest.mark.parametrize('data_size,fsdp,message', [
@@ -245,3 +247,27 @@ def test_selection_on_sharded_params_matches_one_device(layout):
   masks = par.place(jax.device_get(on_mesh))
   for p, m in zip(jax.tree.leaves(sharded.params), jax.tree.leaves(masks), strict=True):
     assert m.sharding.is_equivalent_to(p.sharding, p.ndim)
+
+
+def test_tensor_axis_splits_heads_and_mlp_by_logical_names():
+  from bigmodel_jax.models import transformer
+  P = jax.sharding.PartitionSpec
+  model = transformer.GPT(vocab_size=64, num_layers=1, num_heads=4, embed_dim=32, max_len=16)
+  par = parallel.Parallelism(_parallelism(data=2, fsdp=2, tensor=2), batch_size=8,
+                             eval_batch_size=8)
+  assert par.describe()['mesh'] == {'data': 2, 'fsdp': 2, 'tensor': 2}
+  assert par.shards == 4  # The batch is split 4 ways; tensor pairs share examples.
+  par.set_logical_axes(models.logical_axes(model, (16,), jnp.int32))
+  init = functools.partial(train_state.create_train_state, 0, model=model, tx=optax.adam(1e-3),
+                           input_shape=(16,), input_dtype=jnp.int32, masked=True)
+  state = par.init(init)
+  attn = state.params['block_0']['attn']
+  assert attn['query']['kernel'].sharding.spec == P('fsdp', 'tensor')
+  assert attn['out']['kernel'].sharding.spec == P('tensor', 'fsdp')
+  assert state.params['block_0']['fc']['kernel'].sharding.spec == P('fsdp', 'tensor')
+  assert state.params['wte']['embedding'].sharding.spec == P('tensor', 'fsdp')
+  mu = state.opt_state[0].mu['block_0']['attn']['out']['kernel']
+  assert mu.sharding.spec == P('tensor', 'fsdp')  # Moments and masks follow their params.
+  assert state.masks['block_0']['attn']['out']['kernel'].sharding.spec == P('tensor', 'fsdp')
+  with pytest.raises(ConfigError, match="needs mode='sharded'"):
+    parallel.Parallelism(_parallelism(mode='pmap', tensor=2), batch_size=8, eval_batch_size=8)

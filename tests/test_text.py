@@ -126,3 +126,25 @@ def test_one_shot_llm_pruning_sweep_end_to_end(text_dir, tfds_dir, tmp_path):
   config.prune.variants = ('wanda/global',)
   with pytest.raises(ConfigError, match='layer by layer'):
     compress.run(config, str(tmp_path / 'bad'))
+
+
+def test_tensor_parallel_training_matches_one_device(text_dir, tfds_dir, tmp_path):
+  from bigmodel_jax import checkpoint
+  finals = {}
+  for name, layout in (('single', {'mode': 'single'}),
+                       ('tp', {'mode': 'sharded', 'data': 2, 'fsdp': 2, 'tensor': 2})):
+    config = _config(text_dir, tfds_dir)
+    config.num_train_steps = 20
+    config.parallelism.update(layout)
+    results = loop.train_and_evaluate(config, str(tmp_path / name))
+    ckpt = checkpoint.Checkpointer(str(tmp_path / name / 'checkpoints'), async_save=False)
+    finals[name] = (ckpt.restore_arrays(ckpt.latest_step())['params'], results)
+    ckpt.close()
+  import jax
+  diff = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in zip(
+      jax.tree.leaves(finals['tp'][0]), jax.tree.leaves(finals['single'][0]), strict=True))
+  print(f'tensor-parallel (2x2x2) vs single, 20 AdamW steps: max abs param diff {diff:.2e}')
+  assert diff < 1e-5
+  assert finals['tp'][1]['parallelism']['mesh']['tensor'] == 2
+  assert finals['tp'][1]['final_eval_loss'] == pytest.approx(finals['single'][1]['final_eval_loss'],
+                                                            abs=1e-5)

@@ -47,9 +47,18 @@ MODELS = {
 TEXT_MODELS = ('gpt',)
 
 
+def logical_axes(model: nn.Module, input_shape: tuple[int, ...], input_dtype=jnp.float32):
+  """The params' logical axis names (PartitionSpecs of names; empty where a model has none)."""
+  import jax
+  example = jax.ShapeDtypeStruct((1, *input_shape), input_dtype)
+  boxed = jax.eval_shape(model.init, jax.random.PRNGKey(0), example)['params']
+  return nn.get_partition_spec(boxed)
+
+
 def create_model(model_config: ml_collections.ConfigDict, num_outputs: int) -> nn.Module:
   """Builds the model named by `model_config.name` (validated by config_checks)."""
   return MODELS[model_config.name](model_config, num_outputs)
 
 
-__all__ = ['DTYPES', 'GPT', 'MLP', 'MODELS', 'TEXT_MODELS', 'ViT', 'create_model']
+__all__ = ['DTYPES', 'GPT', 'MLP', 'MODELS', 'TEXT_MODELS', 'ViT', 'create_model',
+           'logical_axes']
