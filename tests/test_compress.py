@@ -157,7 +157,8 @@ def test_kill_during_retraining_resumes_with_masks(prune_config, dense_dir, tmp_
           "--config.prune.export_formats=()", '--config.checkpoint_every_steps=8',
           f'--config.data.idx_dir={prune_config.data.idx_dir}',
           f'--config.data.tfds_data_dir={prune_config.data.tfds_data_dir}',
-          f'--config.prune.dense_dir={dense_dir}', '--config.model.hidden_sizes=(32, 16)']
+          f'--config.prune.dense_dir={dense_dir}', '--config.model.hidden_sizes=(32, 16)',
+          '--config.parallelism.num_devices=1']  # Dense run on 8 devices, retraining on 1.
   env = dict(os.environ, PYTHONPATH=REPO)
   proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   ckpt_dir = os.path.join(workdir, 'magnitude-global_s0.9', 'retrained', 'checkpoints')
@@ -179,6 +180,7 @@ def test_kill_during_retraining_resumes_with_masks(prune_config, dense_dir, tmp_
   prune_config.prune.export_formats = ()
   prune_config.prune.dense_dir = dense_dir
   prune_config.checkpoint_every_steps = 8
+  prune_config.parallelism.num_devices = 1
   compress.run(prune_config, fresh)
   (step_a, killed), (step_b, clean) = _retrained_arrays(workdir), _retrained_arrays(fresh)
   assert step_a == step_b == 8 * 32

@@ -61,8 +61,11 @@ def test_invalid_value_is_one_clear_sentence(tiny_config, tmp_path):
 
 
 def test_kill_dash_nine_then_rerun_matches_an_uninterrupted_run(tiny_config, tmp_path):
+  # One device (the default layout as on a 1-device machine): resuming is not about layouts here
+  # (tests/test_parallel.py moves runs between device counts), and 48 checkpoints of 8 fake
+  # devices' shards would dominate the test's time.
   overrides = ['--config.num_epochs=12', '--config.checkpoint_every_steps=8',
-               '--config.model.dropout_rate=0.2']
+               '--config.model.dropout_rate=0.2', '--config.parallelism.num_devices=1']
   workdir = tmp_path / 'killed'
   proc = subprocess.Popen(_command(tiny_config, workdir, *overrides), cwd=REPO_ROOT,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -87,6 +90,7 @@ def test_kill_dash_nine_then_rerun_matches_an_uninterrupted_run(tiny_config, tmp
   tiny_config.num_epochs = 12
   tiny_config.checkpoint_every_steps = 8
   tiny_config.model.dropout_rate = 0.2
+  tiny_config.parallelism.num_devices = 1
   straight = str(tmp_path / 'straight')
   loop.train_and_evaluate(tiny_config, straight)
 
