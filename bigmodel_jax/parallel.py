@@ -33,6 +33,7 @@ from jax.sharding import PartitionSpec as P
 
 from bigmodel_jax import train
 from bigmodel_jax.errors import ConfigError
+from bigmodel_jax.pruning.masks import path_str
 
 MODES = ('single', 'pmap', 'sharded')
 MESH_AXES = ('data', 'fsdp', 'tensor')
@@ -230,6 +231,11 @@ class Parallelism:
                    eval_batch_size, self.eval_batch_size, self.shards)
     self._batch_spec = P(BATCH_AXES)
     self._replicated = NamedSharding(self.mesh, P())
+    # Batch shards this host holds (devices on the 'tensor' axis share one), computed once for
+    # `put_batch`'s global shapes.
+    held = NamedSharding(self.mesh, self._batch_spec).addressable_devices_indices_map(
+        (self.shards,)).values()
+    self._local_shards = len({(s[0].start, s[0].stop) for s in held})
     self._local = ([d for d in devices if d.process_index == jax.process_index()]
                    if self.mode == 'pmap' else None)
 
@@ -260,8 +266,7 @@ class Parallelism:
     """Registers the params' logical axis names (a tree of PartitionSpecs of names, e.g. from
     `nn.get_partition_spec`), used to split leaves over the 'tensor' axis (`LOGICAL_RULES`)."""
     leaves = jax.tree_util.tree_leaves_with_path(params_axes, is_leaf=lambda x: isinstance(x, P))
-    self._logical = {'/'.join(str(getattr(k, 'key', k)) for k in path): tuple(spec)
-                     for path, spec in leaves if len(tuple(spec))}
+    self._logical = {path_str(path): tuple(spec) for path, spec in leaves if len(tuple(spec))}
 
   def _logical_spec(self, path: str, shape: tuple[int, ...]) -> P | None:
     for name, axes in self._logical.items():
@@ -289,8 +294,7 @@ class Parallelism:
       shape = tuple(x.shape)
       spec = None
       if self.tensor > 1 and self._logical:
-        spec = self._logical_spec('/'.join(str(getattr(k, 'key', getattr(k, 'idx', k)))
-                                           for k in path), shape)
+        spec = self._logical_spec(path_str(path), shape)
       if spec is None:
         spec = fsdp_spec(shape, self.fsdp, self.config.fsdp_min_size)
       return NamedSharding(self.mesh, spec)
@@ -364,11 +368,7 @@ class Parallelism:
     return jax.tree.map(put, local)
 
   def _global_rows(self, local_rows: int) -> int:
-    # Devices on the 'tensor' axis hold the same rows: count distinct batch shards of this host.
-    sharding = NamedSharding(self.mesh, self._batch_spec)
-    held = {(s[0].start, s[0].stop) for s in
-            sharding.addressable_devices_indices_map((self.shards,)).values()}
-    return local_rows * self.shards // len(held)
+    return local_rows * self.shards // self._local_shards
 
   # --- compiled steps -----------------------------------------------------------------------
   def train_call(self, state: Any, *, loss_fn: train.LossFn,

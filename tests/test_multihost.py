@@ -13,8 +13,9 @@ import sys
 import jax
 import numpy as np
 import pytest
+from test_parallel import _latest_arrays
 
-from bigmodel_jax import checkpoint, loop
+from bigmodel_jax import loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT_S = 180
@@ -60,14 +61,6 @@ def _run_cluster(workdir, overrides, processes=2, devices_each=2):
   return outputs
 
 
-def _params(workdir):
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), async_save=False)
-  try:
-    return ckpt.restore_arrays(ckpt.latest_step())['params']
-  finally:
-    ckpt.close()
-
-
 @pytest.mark.parametrize('layout', [{'mode': 'sharded', 'fsdp': 2}, {'mode': 'pmap'}],
                          ids=['sharded-fsdp2', 'pmap'])
 def test_two_processes_train_as_one_cluster(tiny_config, idx_dir, tfds_dir, tmp_path, layout):
@@ -86,7 +79,7 @@ def test_two_processes_train_as_one_cluster(tiny_config, idx_dir, tfds_dir, tmp_
   assert results['parallelism']['num_devices'] == 4
   assert 'Done:' in outputs[0] and 'Done:' not in outputs[1]  # Only process 0 reports.
   assert results['final_eval_loss'] == pytest.approx(reference['final_eval_loss'], abs=1e-5)
-  a, b = _params(cluster_dir), _params(reference_dir)
+  a, b = _latest_arrays(cluster_dir)['params'], _latest_arrays(reference_dir)['params']
   diff = max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
              for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
   print(f'{layout}: 2 processes x 2 devices vs 1 x 4, max abs param diff {diff:.2e}')

@@ -19,6 +19,8 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
+from bigmodel_jax.errors import DataError
+
 URL = 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt'
 FILE_NAME = 'input.txt'
 SPLITS = ('train', 'validation', 'test')
@@ -69,7 +71,6 @@ def read_text_splits(text_dir: str, data_dir: str | None) -> dict[str, bytes]:
     text_dir: folder holding input.txt, or '' to download it.
     data_dir: TFDS data dir (None = TFDS's default).
   """
-  from bigmodel_jax.errors import DataError
   builder = CharText(data_dir=data_dir)
   if not builder.is_prepared():
     if text_dir and not os.path.isfile(os.path.join(text_dir, FILE_NAME)):
@@ -87,14 +88,11 @@ def read_text_splits(text_dir: str, data_dir: str | None) -> dict[str, bytes]:
 def windows(ids: np.ndarray, seq_len: int, *, overlapping: bool) -> tuple[np.ndarray, np.ndarray]:
   """(inputs [n, seq_len], targets [n, seq_len]) int32 from a token sequence."""
   if len(ids) < seq_len + 1:
-    from bigmodel_jax.errors import DataError
     raise DataError(f'A split of {len(ids)} tokens is shorter than one window of '
                     f'{seq_len + 1}; lower config.data.seq_len.')
-  if overlapping:
-    view = np.lib.stride_tricks.sliding_window_view(ids, seq_len + 1)
-  else:
-    n = (len(ids) - 1) // seq_len
-    view = np.stack([ids[i * seq_len:i * seq_len + seq_len + 1] for i in range(n)])
+  view = np.lib.stride_tricks.sliding_window_view(ids, seq_len + 1)
+  if not overlapping:  # Windows starting every seq_len tokens (each shares one with the next).
+    view = view[::seq_len]
   return view[:, :-1], view[:, 1:]
 
 

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bigmodel_jax.errors import ConfigError
+from bigmodel_jax.pruning import masks as masks_lib
 from bigmodel_jax.pruning import selection
 
 
@@ -77,7 +78,7 @@ def _columns(keep: np.ndarray, head_dim: int) -> np.ndarray:
 def head_masks(params: Any, keep: dict[str, np.ndarray], head_dim: int) -> Any:
   """Masks (True = keep) like `params` that zero the removed heads' q/k/v columns and out rows."""
   def mask_for(path, leaf):
-    names = [getattr(k, 'key', str(k)) for k in path]
+    names = masks_lib.path_str(path).split('/')
     if len(names) >= 3 and names[0] in keep and names[1] == 'attn':
       cols = _columns(keep[names[0]], head_dim)
       layer, kind = names[2], names[-1]

@@ -20,58 +20,50 @@ import jax
 import jax.numpy as jnp
 
 from bigmodel_jax.errors import ConfigError
-from bigmodel_jax.pruning import llm
+from bigmodel_jax.pruning import llm, selection
 from bigmodel_jax.pruning import masks as masks_lib
 
 METHODS = ('wanda', 'sparsegpt', 'magnitude')
 
 
+def _dense_inputs(apply_fn, params, inputs) -> dict[str, jax.Array]:
+  """Runs the model; {kernel path: input [tokens, in]} of every nn.Dense, in call order."""
+  seen = {}
+
+  def capture(next_fun, args, kwargs, context):
+    if isinstance(context.module, nn.Dense) and context.method_name == '__call__':
+      x = args[0]
+      seen.setdefault('/'.join(context.module.path) + '/kernel', x.reshape(-1, x.shape[-1]))
+    return next_fun(*args, **kwargs)
+  with nn.intercept_methods(capture):
+    apply_fn({'params': params}, inputs)
+  return seen
+
+
 def _dense_calls(apply_fn, params, inputs) -> list[str]:
   """Kernel paths of the Dense layers in the order one forward pass calls them."""
   order = []
-
-  def spy(next_fun, args, kwargs, context):
-    if isinstance(context.module, nn.Dense) and context.method_name == '__call__':
-      name = '/'.join(context.module.path) + '/kernel'
-      if name not in order:
-        order.append(name)
-    return next_fun(*args, **kwargs)
-  with nn.intercept_methods(spy):
-    jax.eval_shape(lambda p, x: apply_fn({'params': p}, x), params, inputs)
+  # Shapes only; the names are kept in a list because pytrees sort dict keys.
+  jax.eval_shape(lambda p, x: order.extend(_dense_inputs(apply_fn, p, x)), params, inputs)
   return order
 
 
 def collect_stats(apply_fn: Callable, params: Any, batches: Iterable[jax.Array],
                   names: list[str]) -> dict[str, llm.LayerStats]:
   """Input statistics of the Dense layers `names` (kernel paths) over calibration batches."""
-  wanted = set(names)
 
   def batch_stats(params, inputs, stats):
-    seen = {}
-
-    def capture(next_fun, args, kwargs, context):
-      if isinstance(context.module, nn.Dense) and context.method_name == '__call__':
-        name = '/'.join(context.module.path) + '/kernel'
-        if name in wanted:
-          x = args[0]
-          seen[name] = x.reshape(-1, x.shape[-1])
-      return next_fun(*args, **kwargs)
-    with nn.intercept_methods(capture):
-      apply_fn({'params': params}, inputs)
+    seen = _dense_inputs(apply_fn, params, inputs)
     return {name: llm.accumulate(stats[name], seen[name]) for name in names}
 
   step = jax.jit(batch_stats)
-  stats = None
+  kernels = dict(zip(masks_lib.leaf_paths(params), jax.tree.leaves(params), strict=True))
+  stats = {name: llm.init_stats(int(kernels[name].shape[0])) for name in names}
+  count = 0
   for inputs in batches:
-    if stats is None:
-      shapes = {}
-      flat = masks_lib.leaf_paths(params)
-      leaves = dict(zip(flat, jax.tree.leaves(params), strict=True))
-      for name in names:
-        shapes[name] = leaves[name].shape[0]
-      stats = {name: llm.init_stats(int(shapes[name])) for name in names}
     stats = step(params, jnp.asarray(inputs), stats)
-  if stats is None:
+    count += 1
+  if not count:
     raise ConfigError('One-shot pruning needs at least one calibration batch.')
   return stats
 
@@ -82,7 +74,6 @@ def _prune_layer(method, kernel, stats, sparsity, n, m, block_size, damp):
   if method == 'wanda':
     mask = llm.wanda_mask(kernel, stats, sparsity, n=n, m=m)
   else:  # Magnitude with the same comparison groups: the baseline of both papers.
-    from bigmodel_jax.pruning import selection
     scores = jnp.abs(kernel)
     mask = (selection.nm_mask(scores, n, m) if n else llm.per_output_mask(scores, sparsity))
   return jnp.where(mask, kernel, 0), mask
