@@ -15,7 +15,9 @@ Layout of WORKDIR (every phase is resumable; re-running the command continues wh
 
 A variant is '<score>/<kind>': score in magnitude | saliency | sensitivity | random; kind in
 global | layerwise (unstructured), neuron (structured: whole hidden units, physically removed
-afterwards) or N:M such as 2:4 (semi-structured).
+afterwards), heads (structured: whole attention heads of a GPT / ViT, scored by the norm of what
+each adds to the residual stream - or at random, the control - then physically removed) or N:M
+such as 2:4 (semi-structured).
 """
 
 import copy
@@ -52,6 +54,8 @@ from bigmodel_jax.pruning import gradual, selection
 # Post-training methods that calibrate on layer inputs (pruning/oneshot.py); SparseGPT also
 # updates the kept weights.
 ONE_SHOT = ('wanda', 'sparsegpt')
+# Scores of whole attention heads (kind 'heads'): magnitude = pruning.heads.head_scores.
+HEAD_SCORES = ('magnitude', 'random')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +63,7 @@ class Variant:
   """A parsed '<score>/<kind>' string."""
   name: str
   score: str
-  kind: str  # 'global' | 'layerwise' | 'neuron' | 'nm'
+  kind: str  # 'global' | 'layerwise' | 'neuron' | 'heads' | 'nm'
   n: int = 0
   m: int = 0
 
@@ -75,12 +79,16 @@ def parse_variant(name: str) -> Variant:
   if len(parts) != 2 or parts[0] not in scores:
     raise ConfigError(f'prune.variants: {name!r} is not <score>/<kind> with score one of '
                       f'{", ".join(scores)} (e.g. magnitude/global, saliency/layerwise, '
-                      'magnitude/neuron, magnitude/2:4, sparsegpt/layerwise).')
+                      'magnitude/neuron, magnitude/heads, magnitude/2:4, sparsegpt/layerwise).')
   score, kind = parts
-  if score in ONE_SHOT and kind in ('global', 'neuron'):
+  if score in ONE_SHOT and kind in ('global', 'neuron', 'heads'):
     raise ConfigError(f'prune.variants: {name!r}: {score} prunes layer by layer; use '
                       f'{score}/layerwise or an N:M kind such as {score}/2:4.')
-  if kind in ('global', 'layerwise', 'neuron'):
+  if kind == 'heads' and score not in HEAD_SCORES:
+    raise ConfigError(f'prune.variants: {name!r}: attention heads are scored by '
+                      f'{" or ".join(HEAD_SCORES)} (magnitude = the norm of what a head adds to '
+                      'the residual stream on calibration batches; random = the control).')
+  if kind in ('global', 'layerwise', 'neuron', 'heads'):
     return Variant(name, score, kind)
   if ':' in kind:
     try:
@@ -90,8 +98,8 @@ def parse_variant(name: str) -> Variant:
                         'integers.') from None
     selection.check_nm(n, m)
     return Variant(name, score, 'nm', n, m)
-  raise ConfigError(f'prune.variants: {name!r} has kind {kind!r}; use global, layerwise, neuron '
-                    'or N:M such as 2:4.')
+  raise ConfigError(f'prune.variants: {name!r} has kind {kind!r}; use global, layerwise, neuron, '
+                    'heads or N:M such as 2:4.')
 
 
 def parse_overrides(text: str) -> dict[str, float]:
@@ -250,6 +258,8 @@ def _masks_for(ctx: _Context, variant: Variant, sparsity: float, params, prunabl
                                           method=variant.score, prunable=prunable,
                                           log=ctx.console.line, **target)
     return masks, None, params
+  if variant.kind == 'heads':
+    return _head_masks(ctx, variant, sparsity, params, previous_masks) + (params,)
   loss_fn = pruning.batch_loss_fn(ctx.model.apply, ctx.loss)
   batches = ctx.score_batches() if variant.score in ('saliency', 'sensitivity') else ()
   scores = pruning.compute_scores(variant.score, params, loss_fn=loss_fn, batches=batches,
@@ -267,6 +277,24 @@ def _masks_for(ctx: _Context, variant: Variant, sparsity: float, params, prunabl
   return masks, None, params
 
 
+def _head_masks(ctx: _Context, variant: Variant, sparsity: float, params,
+                previous_masks=None) -> tuple[Any, dict[str, np.ndarray]]:
+  """(masks, {block: bool [heads] kept}) removing `sparsity` of the heads of every block."""
+  model = ctx.model  # A GPT or ViT (run() checked).
+  head_dim = model.embed_dim // model.num_heads
+  calibration = [b['image'] for b in ctx.score_batches()]
+  scores = pruning.heads.head_scores(model.apply, params, calibration, head_dim=head_dim)
+  if variant.score == 'random':
+    rng = np.random.default_rng(ctx.config.seed + 1)
+    scores = {name: rng.random(len(s)) for name, s in scores.items()}
+  if previous_masks is not None:  # Heads removed in an earlier round stay removed.
+    for name in scores:
+      kept = np.asarray(previous_masks[name]['attn']['out']['kernel'][::head_dim, 0])
+      scores[name] = np.where(kept, scores[name], -np.inf)
+  keep = pruning.heads.keep_heads(scores, sparsity)
+  return pruning.heads.head_masks(params, keep, head_dim), keep
+
+
 def _prune_phase(ctx, directory, variant, sparsity, params, prunable, previous_masks=None):
   """Prunes once (or restores a finished prune from `directory`): (params, masks, keep, meta)."""
   ckpt = checkpoint.Checkpointer(directory, async_save=False)
@@ -275,18 +303,24 @@ def _prune_phase(ctx, directory, variant, sparsity, params, prunable, previous_m
     if ckpt.latest_step() is not None:
       arrays, meta = ckpt.restore(ckpt.latest_step(), ctx.par.abstract(target))
       keep = [np.asarray(k, bool) for k in meta['neuron_keep']] if meta.get('neuron_keep') else None
+      if meta.get('head_keep'):
+        keep = {k: np.asarray(v, bool) for k, v in meta['head_keep'].items()}
       return arrays['params'], arrays['masks'], keep, meta
     start = time.perf_counter()
     masks, keep, params = _masks_for(ctx, variant, sparsity, params, prunable, previous_masks)
     masks = jax.block_until_ready(ctx.par.place(masks))  # Laid out like the params.
-    keep = [np.asarray(k, bool) for k in keep] if keep is not None else None
+    if isinstance(keep, list):
+      keep = [np.asarray(k, bool) for k in keep]
     seconds = time.perf_counter() - start
     params = pruning.apply_masks(params, masks)
     stats = pruning.sparsity_stats(params, masks, prunable)
     meta = {'variant': variant.name, 'target_sparsity': sparsity,
             'sparsity': stats['sparsity'], 'total_sparsity': stats['total_sparsity'],
             'select_seconds': seconds,
-            'neuron_keep': [np.asarray(k).astype(int).tolist() for k in keep] if keep else None}
+            'neuron_keep': ([np.asarray(k).astype(int).tolist() for k in keep]
+                            if isinstance(keep, list) else None),
+            'head_keep': ({k: np.asarray(v).astype(int).tolist() for k, v in keep.items()}
+                          if isinstance(keep, dict) else None)}
     evaluation = ctx.test_metrics(params)
     meta['test_accuracy'], meta['test_loss'] = evaluation['accuracy'], evaluation['loss']
     ckpt.save(0, {'params': params, 'masks': masks}, meta)
@@ -330,12 +364,16 @@ def _export(ctx, directory, params, masks, prunable) -> dict[str, Any]:
 
 
 def _latency(ctx, dense_params, keep, params) -> dict[str, Any]:
+  """Forward latency of the dense model vs the physically shrunk one (neuron or heads kind)."""
   dense_params, params = ctx.par.to_host((dense_params, params))
-  small_model, small_params = pruning.shrink_mlp(ctx.model, params, keep)
-  dim = int(np.prod(ctx.input_shape))
-  result = {'hidden_sizes': list(small_model.hidden_sizes)}
+  if isinstance(keep, dict):  # Attention heads.
+    small_model, small_params = pruning.heads.shrink_heads(ctx.model, params, keep)
+    result = {'heads_per_layer': list(small_model.heads_per_layer)}
+  else:
+    small_model, small_params = pruning.shrink_mlp(ctx.model, params, keep)
+    result = {'hidden_sizes': list(small_model.hidden_sizes)}
   for batch in (1, 256):
-    x = jnp.asarray(np.resize(ctx.test_split.images[:batch], (batch, dim)))
+    x = jnp.asarray(np.resize(ctx.test_split.images[:batch], (batch, *ctx.input_shape)))
     dense_ms = timing.median_ms(jax.jit(ctx.model.apply), {'params': dense_params}, x)
     small_ms = timing.median_ms(jax.jit(small_model.apply), {'params': small_params}, x)
     result[f'batch_{batch}'] = {'dense_ms': dense_ms, 'shrunk_ms': small_ms,
@@ -409,7 +447,7 @@ def _run_one(ctx, dense_dir, dense_state, variant, sparsity, prunable) -> dict[s
              layers={k: v['sparsity'] for k, v in stats['layers'].items()})
   if p.export_formats:
     row['export'] = _export(ctx, os.path.join(run_dir, 'export'), params, masks, prunable)
-  if variant.kind == 'neuron' and p.measure_latency:
+  if variant.kind in ('neuron', 'heads') and p.measure_latency:
     row['structured'] = _latency(ctx, dense_state.params, keep, params)
   if jax.process_index() == 0:
     with open(row_path, 'w') as f:
@@ -429,6 +467,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   start = time.monotonic()
 
   ctx = _Context(config, workdir, console)
+  for variant in variants:
+    if variant.kind == 'heads' and not hasattr(ctx.model, 'heads_per_layer'):
+      raise ConfigError(f'prune.variants: {variant.name!r} needs a Transformer (model.name gpt or '
+                        f'vit); {type(ctx.model).__name__} has no attention heads.')
   if p.dense_dir:
     dense_dir = os.path.abspath(p.dense_dir)
     dense_results = report.read_results(dense_dir)
@@ -498,7 +540,9 @@ def markdown_table(results: dict[str, Any]) -> str:
     notes = ''
     if 'structured' in r:
       s = r['structured']
-      notes = (f'hidden {s["hidden_sizes"]}, speed-up x{s["batch_1"]["speedup"]:.2f} (b1), '
+      shape = (f'hidden {s["hidden_sizes"]}' if 'hidden_sizes' in s
+               else f'heads {s["heads_per_layer"]}')
+      notes = (f'{shape}, speed-up x{s["batch_1"]["speedup"]:.2f} (b1), '
                f'x{s["batch_256"]["speedup"]:.2f} (b256)')
     lines.append(f'| {r["variant"]} | {r["sparsity"]:.4f} | '
                  f'{"" if one is None else f"{one:.4f}"} | {r["test_accuracy"]:.4f} | '

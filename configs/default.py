@@ -118,10 +118,12 @@ def get_config() -> ml_collections.ConfigDict:
   prune.enabled = False  # True: launch.py runs dense -> prune -> retrain instead of plain training.
   # What to prune, '<score>/<kind>' each: score magnitude | saliency | sensitivity | random,
   # or the post-training wanda | sparsegpt (layerwise or N:M only, one_shot schedule);
-  # kind global | layerwise (unstructured), neuron (whole hidden units, then physically removed)
-  # or N:M such as 2:4 (N kept of every M along the input dimension; ignores `sparsities`).
+  # kind global | layerwise (unstructured), neuron (whole hidden units, then physically removed),
+  # heads (GPT / ViT attention heads; score magnitude = norm of a head's residual contribution on
+  # the calibration batches, or random; physically removed) or N:M such as 2:4 (N kept of every M
+  # along the input dimension; ignores `sparsities`).
   prune.variants = ('magnitude/global',)
-  prune.sparsities = (0.9,)  # Fraction of prunable weights removed (neuron: of hidden units); a list sweeps.
+  prune.sparsities = (0.9,)  # Fraction of prunable weights removed (neuron: of hidden units, heads: of each block's heads); a list sweeps.
   prune.schedule = 'one_shot'  # one_shot | iterative (`rounds` prune-retrain rounds) | gradual (Zhu & Gupta).
   prune.include = ('*kernel',)  # Glob patterns of prunable leaves, e.g. 'Dense_[01]/kernel'.
   prune.exclude = ()  # Glob patterns removed from `include` (biases and norms are never matched by default).
@@ -139,5 +141,5 @@ def get_config() -> ml_collections.ConfigDict:
   prune.gradual_every_steps = 100  # gradual: steps between mask updates.
   prune.dense_dir = ''  # A finished dense workdir to start from; '' = train one in WORKDIR/dense.
   prune.export_formats = ('none', 'int8')  # Compact exports: 'none' = bitmask + float32, 'int8'.
-  prune.measure_latency = True  # neuron variants: time dense vs shrunk model at batch 1 and 256.
+  prune.measure_latency = True  # neuron / heads variants: time dense vs shrunk model at batch 1 and 256.
   return config

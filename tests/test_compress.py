@@ -111,6 +111,9 @@ def test_bad_prune_configs_are_refused(prune_config, tmp_path):
       ('variants', ('magnitude/diagonal',), 'kind'),
       ('variants', ('hessian/global',), 'score'),
       ('variants', ('magnitude/4:4',), '0 < N < M'),
+      ('variants', ('saliency/heads',), 'heads are scored by'),
+      ('variants', ('magnitude/heads',), 'has no attention heads'),  # An MLP.
+      ('variants', ('wanda/heads',), 'layer by layer'),
       ('sparsities', (0.5, 1.0), r'\[0, 1\)'),
       ('sparsities', (-0.1,), r'\[0, 1\)'),
       ('include', ('*/weight',), 'matches no parameter'),

@@ -111,16 +111,28 @@ def test_one_shot_llm_pruning_sweep_end_to_end(text_dir, tfds_dir, tmp_path):
   config.batch_size, config.eval_batch_size = small.batch_size, small.eval_batch_size
   config.num_train_steps, config.steps_per_call = 40, 20
   config.checkpoint_async, config.write_plot = False, True
-  config.prune.variants = ('magnitude/layerwise', 'wanda/layerwise', 'sparsegpt/2:4')
+  config.prune.variants = ('magnitude/layerwise', 'wanda/layerwise', 'sparsegpt/2:4',
+                           'magnitude/heads')
   config.prune.score_batches, config.prune.score_batch_size = 2, 8
   config.prune.retrain_steps = 10
+  config.prune.measure_latency = True
   results = compress.run(config, str(tmp_path))
   rows = {r['variant']: r for r in results['rows']}
-  assert set(rows) == {'magnitude/layerwise', 'wanda/layerwise', 'sparsegpt/2:4'}
+  assert set(rows) == {'magnitude/layerwise', 'wanda/layerwise', 'sparsegpt/2:4',
+                       'magnitude/heads'}
   for row in rows.values():
-    assert row['sparsity'] == pytest.approx(0.5, abs=1e-9)
+    # Heads: half the attention weights, a third of the prunable ones here.
+    assert row['sparsity'] == pytest.approx(0.5 if row is not rows['magnitude/heads'] else 1 / 6,
+                                            abs=1e-9)
     assert np.isfinite(row['one_shot_test_loss']) and np.isfinite(row['test_loss'])
     assert row['retrain_steps'] == 10
+  # Heads: 1 of 2 per block removed -> half of every q/k/v/out kernel, none of fc/proj; the
+  # physically shrunk model (after masked retraining) computes what the masked one does.
+  heads = rows['magnitude/heads']
+  assert heads['structured']['heads_per_layer'] == [1, 1]
+  assert heads['structured']['max_abs_logit_diff_vs_masked'] < 1e-4
+  assert heads['layers']['block_0/attn/query/kernel'] == pytest.approx(0.5)
+  assert heads['layers']['block_1/fc/kernel'] == 0.0
   assert 'one-shot loss' in open(os.path.join(str(tmp_path), 'results.md')).read()
   assert os.path.getsize(os.path.join(str(tmp_path), 'sparsity_sweep.png')) > 1000  # Loss bars.
   config.prune.variants = ('wanda/global',)

@@ -214,7 +214,7 @@ class ViT(nn.Module):
   Attributes:
     num_classes: output classes.
     patch_size: square patches; image height and width must divide by it.
-    num_layers, num_heads, embed_dim, mlp_ratio, dropout_rate, dtype: as for GPT.
+    num_layers, num_heads, embed_dim, mlp_ratio, dropout_rate, heads_per_layer, dtype: as for GPT.
   """
   num_classes: int = 10
   patch_size: int = 7
@@ -223,6 +223,7 @@ class ViT(nn.Module):
   embed_dim: int = 128
   mlp_ratio: int = 4
   dropout_rate: float = 0.0
+  heads_per_layer: tuple[int, ...] | None = None
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
@@ -246,9 +247,11 @@ class ViT(nn.Module):
                      (length, self.embed_dim))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x + jnp.asarray(pos, self.dtype))
     positions = jnp.arange(length)
+    heads = self.heads_per_layer or (self.num_heads,) * self.num_layers
     for i in range(self.num_layers):
-      x = Block(self.num_heads, self.mlp_ratio, causal=False, dropout_rate=self.dropout_rate,
-                use_bias=True, dtype=self.dtype, name=f'block_{i}')(x, positions, train=train)
+      x = Block(heads[i], self.mlp_ratio, causal=False, dropout_rate=self.dropout_rate,
+                use_bias=True, head_dim=self.embed_dim // self.num_heads, dtype=self.dtype,
+                name=f'block_{i}')(x, positions, train=train)
     x = _layer_norm('ln_f', True, self.dtype)(x)
     return _dense(self.num_classes, 'head', (EMBED, None), use_bias=True,
                   dtype=self.dtype)(x[:, 0]).astype(jnp.float32)
