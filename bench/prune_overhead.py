@@ -2,9 +2,11 @@
 
     .venv/bin/python bench/prune_overhead.py [--repeats 7]
 
-Measures, each as the median over `repeats` timed blocks of 900 steps (100-step compiled calls on
-resident data, as `jax_bare` in mlp_throughput.py), the variants' blocks taken in turn so that
-drift of the machine's speed affects them alike:
+Times blocks of `--block_steps` steps (100-step compiled calls on resident data, as `jax_bare` in
+mlp_throughput.py) of each variant in turn, `--repeats` rounds. A variant's overhead is the median
+over rounds of its block time / the dense block of the same round (paired, so that drift of the
+machine's speed, which is of the order of the differences, cancels), with the interquartile
+range of those ratios; ms/step are medians over rounds. Variants:
   dense      the plain train step
   masked     the same with fixed masks through `pruning.masked(adam)` (masks in the state);
              also with mask_gradients=False (only the updates masked)
@@ -48,8 +50,8 @@ def _state(masked: bool, mask_gradients: bool = True):
   return state
 
 
-def _block_timer(state, hook):
-  """A function that runs 900 steps (9 compiled 100-step calls) and returns ms per step."""
+def _block_timer(state, hook, calls: int):
+  """A function that runs `calls` compiled 100-step calls and returns ms per step."""
   rng = np.random.default_rng(0)
   chunk = jax.device_put({'image': rng.normal(size=(100, 64, 784)).astype(np.float32),
                           'label': rng.integers(0, 10, (100, 64)).astype(np.int32)})
@@ -60,20 +62,30 @@ def _block_timer(state, hook):
 
   def run_block() -> float:
     start = time.perf_counter()
-    for _ in range(9):
+    for _ in range(calls):
       holder[0], metrics = step(holder[0], chunk)
     jax.block_until_ready(metrics)
-    return (time.perf_counter() - start) / 900 * 1e3
+    return (time.perf_counter() - start) / (100 * calls) * 1e3
   return run_block
 
 
-def _interleaved(timers: dict, repeats: int) -> dict[str, float]:
-  """Median ms/step per variant, timing blocks round-robin so that machine drift hits all alike."""
+def _interleaved(timers: dict, repeats: int) -> tuple[dict[str, float], dict[str, list[float]]]:
+  """Blocks timed round-robin (the first timer is the reference).
+
+  Returns ({variant: median ms/step}, {variant: [q1, median, q3] of its per-round ratio to the
+  reference's block of the same round}).
+  """
   times = {name: [] for name in timers}
-  for _ in range(repeats):
-    for name, timer in timers.items():
-      times[name].append(timer())
-  return {name: statistics.median(t) for name, t in times.items()}
+  for r in range(repeats):
+    order = list(timers) if r % 2 == 0 else list(timers)[::-1]  # Alternate who goes first.
+    for name in order:
+      times[name].append(timers[name]())
+  reference = next(iter(timers))
+  ratios = {}
+  for name, t in times.items():
+    q = statistics.quantiles([a / b for a, b in zip(t, times[reference], strict=True)], n=4)
+    ratios[name] = [q[0], q[1], q[2]]
+  return {name: statistics.median(t) for name, t in times.items()}, ratios
 
 
 def _selection_ms(repeats: int) -> tuple[float, float]:
@@ -103,16 +115,18 @@ def _selection_ms(repeats: int) -> tuple[float, float]:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--repeats', type=int, default=15)
+  parser.add_argument('--repeats', type=int, default=31, help='rounds of blocks')
+  parser.add_argument('--block_steps', type=int, default=300, help='steps per block (x100)')
   args = parser.parse_args()
+  calls = max(1, args.block_steps // 100)
   prunable = pruning.prunable_tree(_state(False).params)
   hook = gradual.mask_updater(final_sparsity=0.9, begin_step=0, end_step=10**6, frequency=100,
                               prunable=prunable)
-  ms = _interleaved({
-      'dense': _block_timer(_state(False), None),
-      'masked': _block_timer(_state(True), None),
-      'updates_only': _block_timer(_state(True, mask_gradients=False), None),
-      'gradual': _block_timer(_state(True, mask_gradients=False), hook),
+  ms, ratios = _interleaved({
+      'dense': _block_timer(_state(False), None, calls),
+      'masked': _block_timer(_state(True), None, calls),
+      'updates_only': _block_timer(_state(True, mask_gradients=False), None, calls),
+      'gradual': _block_timer(_state(True, mask_gradients=False), hook, calls),
   }, args.repeats)
   dense, masked, updates_only, grad = (ms[k] for k in ('dense', 'masked', 'updates_only',
                                                        'gradual'))
@@ -121,19 +135,28 @@ def main():
              'date': time.strftime('%Y-%m-%d'), 'jax': jax.__version__,
              'dense_step_ms': dense, 'masked_step_ms': masked, 'gradual_step_ms': grad,
              'masked_updates_only_step_ms': updates_only,
-             'masked_overhead': masked / dense - 1, 'gradual_overhead': grad / dense - 1,
-             'masked_updates_only_overhead': updates_only / dense - 1,
+             'repeats': args.repeats, 'block_steps': 100 * calls,
+             # Paired: median (and quartiles) over rounds of variant block / dense block - 1.
+             'masked_overhead': ratios['masked'][1] - 1,
+             'gradual_overhead': ratios['gradual'][1] - 1,
+             'masked_updates_only_overhead': ratios['updates_only'][1] - 1,
+             'overhead_quartiles': {k: [v[0] - 1, v[2] - 1] for k, v in ratios.items()
+                                    if k != 'dense'},
              'select_bisection_ms': bisect_ms, 'select_sort_ms': sort_ms}
   os.makedirs(os.path.join(REPO, 'bench', 'out'), exist_ok=True)
   with open(os.path.join(REPO, 'bench', 'out', 'prune_overhead.json'), 'w') as f:
     json.dump(results, f, indent=1)
   print(f'Machine: {results["machine"]}; {results["date"]}; jax {jax.__version__}\n')
-  print('| step | ms/step (median) | vs dense |\n|---|---|---|')
+  print(f'{args.repeats} rounds of {100 * calls}-step blocks\n')
+  print('| step | ms/step (median) | vs dense, paired median (quartiles) |\n|---|---|---|')
   print(f'| dense | {dense:.3f} | |')
-  print(f'| masked (fixed masks, 90%) | {masked:.3f} | {results["masked_overhead"]:+.1%} |')
-  print(f'| masked, updates only (mask_gradients=False) | {updates_only:.3f} | '
-        f'{results["masked_updates_only_overhead"]:+.1%} |')
-  print(f'| gradual (masks every 100 steps) | {grad:.3f} | {results["gradual_overhead"]:+.1%} |')
+  quart = results['overhead_quartiles']
+  for key, name, value in (
+      ('masked', 'masked (fixed masks, 90%)', masked),
+      ('updates_only', 'masked, updates only (mask_gradients=False)', updates_only),
+      ('gradual', 'gradual (masks every 100 steps)', grad)):
+    print(f'| {name} | {value:.3f} | {ratios[key][1] - 1:+.1%} ({quart[key][0]:+.1%} .. '
+          f'{quart[key][1]:+.1%}) |')
   print(f'\nGlobal selection over 535k weights: bisection {bisect_ms:.2f} ms, '
         f'full sort {sort_ms:.2f} ms')
 

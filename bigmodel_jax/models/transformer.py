@@ -23,11 +23,26 @@ EMBED, HEADS, MLP_AXIS, VOCAB = 'embed', 'heads', 'mlp', 'vocab'
 _NEG_INF = -1e9  # Large and finite: a fully masked row (padding) must not produce NaNs.
 
 
+class TokenDense(nn.Dense):
+  """nn.Dense (same params) that multiplies [tokens, features] as one 2-D matrix.
+
+  For inputs [batch, length, features] the weight gradient of a plain `nn.Dense` contracts over
+  two dimensions (batch and length), which XLA's CPU backend runs well below its 2-D matmul speed;
+  folding them first made the character GPT's training step ~20% faster there (README). The
+  result is the same; on accelerators it is a free reshape.
+  """
+
+  def __call__(self, inputs: jax.Array) -> jax.Array:
+    lead = inputs.shape[:-1]
+    out = super().__call__(inputs.reshape(-1, inputs.shape[-1]))
+    return out.reshape(*lead, out.shape[-1])
+
+
 def _dense(features: int, name: str, axes: tuple[str, str], *, std: float = 0.02,
            use_bias: bool, dtype) -> nn.Dense:
   init = nn.with_logical_partitioning(nn.initializers.normal(std), axes)
-  return nn.Dense(features, name=name, use_bias=use_bias, dtype=dtype, kernel_init=init,
-                  bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes[1],)))
+  return TokenDense(features, name=name, use_bias=use_bias, dtype=dtype, kernel_init=init,
+                    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes[1],)))
 
 
 def _layer_norm(name: str, use_bias: bool, dtype) -> nn.LayerNorm:
