@@ -161,3 +161,31 @@ def test_head_removal_equals_head_masking():
       lambda p, m: jnp.where(m, p, 0), params, heads.head_masks(params, worst, 8))}, tokens)
       - full) ** 2)
   assert low < high
+
+
+def test_vit_head_removal_equals_head_masking():
+  from bigmodel_jax.pruning import heads
+  model = transformer.ViT(num_classes=10, patch_size=7, num_layers=2, num_heads=4, embed_dim=32)
+  images = jax.random.normal(jax.random.PRNGKey(0), (3, 28, 28, 1))
+  params = nn.meta.unbox(model.init(jax.random.PRNGKey(1), images)['params'])
+  keep = heads.keep_heads(heads.head_scores(model.apply, params, [images], head_dim=8), 0.75)
+  masked = jax.tree.map(lambda p, m: jnp.where(m, p, 0), params,
+                        heads.head_masks(params, keep, head_dim=8))
+  small_model, small_params = heads.shrink_heads(model, params, keep)
+  assert small_model.heads_per_layer == (1, 1)
+  np.testing.assert_allclose(small_model.apply({'params': small_params}, images),
+                             model.apply({'params': masked}, images), atol=1e-5)
+
+
+def test_token_dense_is_dense_on_every_leading_shape():
+  x = jax.random.normal(jax.random.PRNGKey(0), (3, 5, 8))
+  dense, token_dense = nn.Dense(6), transformer.TokenDense(6)
+  params = dense.init(jax.random.PRNGKey(1), x)
+  assert jax.tree.structure(params) == jax.tree.structure(token_dense.init(
+      jax.random.PRNGKey(1), x))
+  for inputs in (x, x[0], x[None]):
+    np.testing.assert_allclose(token_dense.apply(params, inputs), dense.apply(params, inputs),
+                               rtol=1e-6, atol=1e-6)
+  grads = [jax.grad(lambda p, m=m: jnp.sum(jnp.sin(m.apply(p, x))))(params)
+           for m in (dense, token_dense)]
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), *grads)
