@@ -7,6 +7,8 @@ AdamW (b2 0.99, weight decay 0.1 on matrices), gradients clipped at 1.0, lr 1e-3
 steps and cosine decay to 1e-4 over 2000 steps. Evaluated on TFDS's validation split (the 5% of
 the characters after the 90% train split) in non-overlapping windows of 64; the test split at
 the end. Offline, the corpus is read from ../shared/data/tiny_shakespeare when that exists.
+Expected (measured, see README): validation loss 1.891 after 2000 steps (~2.4 min on 2 CPU
+cores); with --config.model.position=rope (rotary positions, no position table) 1.760.
 """
 
 import os
