@@ -3,12 +3,14 @@
     python launch.py --config=configs/fashion_mnist_mlp_gradual.py --workdir=runs/gradual
 
 3 dense epochs (the recipe of configs/fashion_mnist_mlp.py, stopped early), then 17 epochs of
-masked training (Adam 1e-3, warm-up + cosine) during which the sparsity rises from 0 to the
-target along the cubic schedule over the first 10 epochs, masks recomputed every 100 steps inside
-the compiled step; the last 7 epochs train the final sparse network. Compare the results with
+masked training (Adam 2e-3, warm-up + cosine) during which the sparsity rises from 0 to the
+target along the cubic schedule over the first 8 epochs, masks recomputed every 100 steps inside
+the compiled step; the last 9 epochs train the final sparse network. Compare the results with
 the 10-epoch dense model of configs/fashion_mnist_mlp.py (the README does), not with the
-3-epoch dense phase this workdir holds.
-Expected (measured, see README): 95% sparsity at or above the 10-epoch dense accuracy.
+3-epoch dense phase this workdir holds. The ramp length and learning rate were chosen among three
+candidates on a 5,000-image validation split held out of the training set (README).
+Expected (measured, see README): 90.06 / 89.77 / 89.42 / 88.95% test accuracy at 90 / 95 / 98 /
+99% sparsity (dense: 90.03%).
 """
 
 from configs import fashion_mnist_mlp
@@ -23,9 +25,9 @@ def get_config():
   config.prune.sparsities = (0.9, 0.95, 0.98, 0.99)
   config.prune.schedule = 'gradual'
   config.prune.retrain_epochs = 17
-  config.prune.retrain_learning_rate = 1e-3
+  config.prune.retrain_learning_rate = 2e-3
   config.prune.retrain_warmup_epochs = 0.5
   config.prune.gradual_begin_epoch = 0.0
-  config.prune.gradual_end_epoch = 10.0
+  config.prune.gradual_end_epoch = 8.0
   config.prune.gradual_every_steps = 100
   return config
