@@ -288,9 +288,8 @@ def _head_masks(ctx: _Context, variant: Variant, sparsity: float, params,
     rng = np.random.default_rng(ctx.config.seed + 1)
     scores = {name: rng.random(len(s)) for name, s in scores.items()}
   if previous_masks is not None:  # Heads removed in an earlier round stay removed.
-    for name in scores:
-      kept = np.asarray(previous_masks[name]['attn']['out']['kernel'][::head_dim, 0])
-      scores[name] = np.where(kept, scores[name], -np.inf)
+    kept = pruning.heads.kept_heads(ctx.par.to_host(previous_masks), head_dim)
+    scores = {name: np.where(kept[name], s, -np.inf) for name, s in scores.items()}
   keep = pruning.heads.keep_heads(scores, sparsity)
   return pruning.heads.head_masks(params, keep, head_dim), keep
 

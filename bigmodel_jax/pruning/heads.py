@@ -3,6 +3,7 @@
     scores = heads.head_scores(model.apply, params, calibration_batches)   # {block: [heads]}
     keep = heads.keep_heads(scores, 0.5)                                   # {block: bool [heads]}
     masks = heads.head_masks(params, keep, head_dim)        # same effect, weights zeroed
+    keep = heads.kept_heads(masks, head_dim)                 # the same keep, read back from masks
     small_model, small_params = heads.shrink_heads(model, params, keep)  # fewer heads, faster
 
 Score of a head: the mean L2 norm, over calibration tokens, of what it adds to the residual
@@ -89,6 +90,16 @@ def head_masks(params: Any, keep: dict[str, np.ndarray], head_dim: int) -> Any:
         return jnp.broadcast_to(jnp.asarray(cols)[:, None], leaf.shape)
     return jnp.ones(leaf.shape, jnp.bool_)
   return jax.tree_util.tree_map_with_path(mask_for, params)
+
+
+def kept_heads(masks: Any, head_dim: int) -> dict[str, np.ndarray]:
+  """{block: bool [heads]}: the heads whose rows of the `out` kernel `masks` keep."""
+  kept = {}
+  for name, block in masks.items():
+    if isinstance(block, dict) and 'attn' in block:
+      rows = np.asarray(block['attn']['out']['kernel']).any(axis=1)
+      kept[name] = rows.reshape(-1, head_dim).any(axis=1)
+  return kept
 
 
 def shrink_heads(model: nn.Module, params: Any,
