@@ -44,15 +44,8 @@ def _train_rate(config, calls: int) -> dict:
   rng = np.random.default_rng(0)
   windows = rng.integers(0, VOCAB, (k, b, t + 1)).astype(np.int32)
   chunk = jax.device_put({'image': windows[..., :-1], 'label': windows[..., 1:]})
-  step = jax.jit(train.train_steps, donate_argnums=0)
-  state, m = step(state, chunk)
-  jax.block_until_ready(m)
-  times = []
-  for _ in range(calls):
-    start = time.perf_counter()
-    state, m = step(state, chunk)
-    jax.block_until_ready(m)
-    times.append(time.perf_counter() - start)
+  run = timing.donated_timer(jax.jit(train.train_steps, donate_argnums=0), state, chunk)
+  times = [run(1) for _ in range(calls)]
   seconds = statistics.median(times) / k
   return {'ms_per_step': 1e3 * seconds, 'tokens_per_s': b * t / seconds,
           'spread': (max(times) - min(times)) / statistics.median(times)}

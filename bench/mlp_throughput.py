@@ -75,7 +75,7 @@ def worker_jax_bare(epochs: int) -> dict:
   import jax
   import numpy as np
 
-  from bigmodel_jax import models, optim, train, train_state
+  from bigmodel_jax import models, optim, timing, train, train_state
   from configs import fashion_mnist_mlp
   config = fashion_mnist_mlp.get_config()
   tx, _ = optim.create_optimizer(config.optimizer, 937, 937 * epochs)
@@ -85,16 +85,8 @@ def worker_jax_bare(epochs: int) -> dict:
   rng = np.random.default_rng(0)
   chunk = jax.device_put({'image': rng.normal(size=(100, 64, 28, 28, 1)).astype(np.float32),
                           'label': rng.integers(0, 10, (100, 64)).astype(np.int32)})
-  step = jax.jit(train.train_steps, donate_argnums=0)
-  state, metrics = step(state, chunk)
-  jax.block_until_ready(metrics)
-  rates = []
-  for _ in range(epochs):
-    start = time.perf_counter()
-    for _ in range(9):
-      state, metrics = step(state, chunk)
-    jax.block_until_ready(metrics)
-    rates.append(900 * 64 / (time.perf_counter() - start))
+  run = timing.donated_timer(jax.jit(train.train_steps, donate_argnums=0), state, chunk)
+  rates = [900 * 64 / run(9) for _ in range(epochs)]
   return {'epoch_examples_per_s': rates, 'peak_rss_mib': _peak_rss_mib(),
           'final_eval_accuracy': float('nan')}
 

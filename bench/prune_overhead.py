@@ -33,7 +33,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from bigmodel_jax import models, pruning, train, train_state  # noqa: E402
+from bigmodel_jax import models, pruning, timing, train, train_state  # noqa: E402
 from bigmodel_jax.pruning import gradual  # noqa: E402
 
 
@@ -56,17 +56,8 @@ def _block_timer(state, hook, calls: int):
   chunk = jax.device_put({'image': rng.normal(size=(100, 64, 784)).astype(np.float32),
                           'label': rng.integers(0, 10, (100, 64)).astype(np.int32)})
   step = jax.jit(lambda s, c: train.train_steps(s, c, before_step=hook), donate_argnums=0)
-  holder = [state]
-  holder[0], metrics = step(holder[0], chunk)
-  jax.block_until_ready(metrics)
-
-  def run_block() -> float:
-    start = time.perf_counter()
-    for _ in range(calls):
-      holder[0], metrics = step(holder[0], chunk)
-    jax.block_until_ready(metrics)
-    return (time.perf_counter() - start) / (100 * calls) * 1e3
-  return run_block
+  run = timing.donated_timer(step, state, chunk)
+  return lambda: run(calls) / (100 * calls) * 1e3
 
 
 def _interleaved(timers: dict, repeats: int) -> tuple[dict[str, float], dict[str, list[float]]]:

@@ -18,6 +18,25 @@ def median_ms(fn, *args, repeats: int = 50, warmup: int = 5, min_seconds: float 
   return 1e3 * statistics.median(times)
 
 
+def donated_timer(step, state, batch):
+  """Times a step that donates its state: `step(state, batch) -> (state, metrics)`.
+
+  Makes one warm-up (compiling) call, then returns `run(calls) -> seconds` for `calls` further
+  calls in a row, the state carried from call to call (`median_ms` cannot: a donated state is
+  consumed by the call that takes it).
+  """
+  holder = list(step(state, batch))
+  jax.block_until_ready(holder[1])
+
+  def run(calls: int) -> float:
+    start = time.perf_counter()
+    for _ in range(calls):
+      holder[:] = step(holder[0], batch)
+    jax.block_until_ready(holder[1])
+    return time.perf_counter() - start
+  return run
+
+
 def matmul_peak_gflops(n: int = 4096, repeats: int = 5) -> float:
   """Best float32 GFLOP/s of an n x n x n matmul through XLA: the machine's practical peak, for
   utilisation figures (never a datasheet number)."""
