@@ -186,13 +186,13 @@ class _Context:
     self.steps_per_epoch = n_train // config.batch_size
     self.model = models.create_model(config.model, self.datasets.num_classes)
     self.loss = losses.LOSSES[config.loss]
+    self.input_shape = self.datasets.train.images.shape[1:]
     self.par = parallel.from_config(config)
-    self.par.set_logical_axes(models.logical_axes(
-        self.model, self.datasets.train.images.shape[1:], self.datasets.train.images.dtype))
+    self.par.set_logical_axes(models.logical_axes(self.model, self.input_shape,
+                                                  self.datasets.train.images.dtype))
     self.eval_call = self.par.eval_call(loss_fn=self.loss)
     self.test_split = (self.datasets.test if self.datasets.test is not None
                        else self.datasets.eval)
-    self.input_shape = self.datasets.train.images.shape[1:]
     self.template = self.par.init(self.init_fn(config))  # Evaluation swaps params in.
 
   def init_fn(self, cfg: ml_collections.ConfigDict, masked: bool = False):

@@ -1,6 +1,6 @@
-"""Structured pruning of attention heads in `models.GPT`: score, mask, and physically remove.
+"""Structured pruning of attention heads in `models.GPT` / `models.ViT`: score, mask, remove.
 
-    scores = heads.head_scores(model.apply, params, calibration_batches)   # {block: [heads]}
+    scores = heads.head_scores(model.apply, params, batches, head_dim=head_dim)  # {block: [heads]}
     keep = heads.keep_heads(scores, 0.5)                                   # {block: bool [heads]}
     masks = heads.head_masks(params, keep, head_dim)        # same effect, weights zeroed
     keep = heads.kept_heads(masks, head_dim)                 # the same keep, read back from masks
