@@ -568,7 +568,9 @@ def plot_sweep(results: dict[str, Any], path: str) -> None:
   for name, points in by_variant.items():
     points.sort()
     ax.plot([x for x, _ in points], [y * 100 for _, y in points], marker='o', label=name)
-  ax.axhline(results['dense_test_accuracy'] * 100, color='k', linestyle='--', label='dense')
+  epochs = results.get('dense_epochs')
+  ax.axhline(results['dense_test_accuracy'] * 100, color='k', linestyle='--',
+             label=f'dense phase ({epochs} epochs)' if epochs else 'dense')
   ax.set_xlabel('sparsity of prunable weights')
   ax.set_ylabel('test accuracy (%)')
   ax.set_title(f'{results["config_name"]}: {results["schedule"]} pruning')

@@ -2,15 +2,17 @@
 
     python launch.py --config=configs/fashion_mnist_mlp_gradual.py --workdir=runs/gradual
 
-3 dense epochs (the recipe of configs/fashion_mnist_mlp.py, stopped early), then 17 epochs of
-masked training (Adam 2e-3, warm-up + cosine) during which the sparsity rises from 0 to the
-target along the cubic schedule over the first 8 epochs, masks recomputed every 100 steps inside
-the compiled step; the last 9 epochs train the final sparse network. Compare the results with
+3 dense epochs (the recipe of configs/fashion_mnist_mlp.py, stopped early, but with AdamW's
+weight decay 0.1), then 17 epochs of masked training (AdamW 2e-3, weight decay 0.1, warm-up +
+cosine) during which the sparsity rises from 0 to the target along the cubic schedule over the
+first 8 epochs, masks recomputed every 100 steps inside the compiled step; the last 9 epochs
+train the final sparse network. Compare the results with
 the 10-epoch dense model of configs/fashion_mnist_mlp.py (the README does), not with the
-3-epoch dense phase this workdir holds. The ramp length and learning rate were chosen among three
-candidates on a 5,000-image validation split held out of the training set (README).
-Expected (measured, see README): 90.06 / 89.77 / 89.42 / 88.95% test accuracy at 90 / 95 / 98 /
-99% sparsity (dense: 90.03%).
+3-epoch dense phase this workdir holds. The ramp length, learning rate and weight decay were
+chosen among candidates on a 5,000-image validation split held out of the training set (README).
+Expected (measured, see README): 90.25 / 89.99 / 89.67 / 88.51% test accuracy at 90 / 95 / 98 /
+99% sparsity with seed 0 (dense: 90.03%); means over seeds 0-2: 90.12 / 90.01 / 89.61 / 88.66
+(dense: 90.09).
 """
 
 from configs import fashion_mnist_mlp
@@ -20,6 +22,10 @@ def get_config():
   config = fashion_mnist_mlp.get_config()
   config.name = 'fashion_mnist_mlp_gradual'
   config.num_epochs = 3  # The dense phase; 3 + retrain_epochs = the 20-epoch budget.
+  # AdamW: decoupled weight decay on kernels, both phases. Sparse networks of 90-98% trained 17
+  # epochs overfit without it (train accuracy 97.5% at 90%, test loss rising after epoch 11).
+  config.optimizer.name = 'adamw'
+  config.optimizer.weight_decay = 0.1
   config.prune.enabled = True
   config.prune.variants = ('magnitude/global',)
   config.prune.sparsities = (0.9, 0.95, 0.98, 0.99)
