@@ -1,6 +1,6 @@
 """Training tokens/s and MFU of the character GPT, generation tokens/s with and without the cache.
 
-    .venv/bin/python bench/gpt_throughput.py [--torch] [--calls 5]
+    .venv/bin/python bench/gpt_throughput.py [--torch] [--calls 15]
 
 At configs/shakespeare_gpt.py's sizes (4 layers, 4 heads, 128 wide, context 64, batch 12, AdamW):
   train     our compiled 50-step call (`train.train_steps`, state resident), median of `--calls`;
@@ -10,7 +10,10 @@ At configs/shakespeare_gpt.py's sizes (4 layers, 4 heads, 128 wide, context 64, 
             and 12, with the key/value cache and with full re-encoding per token.
   --torch   the same model and optimizer written in PyTorch (our own few lines, the structure of
             nanoGPT's: fused qkv projection, scaled_dot_product_attention, no biases), timed
-            per step on the same machine, for the ratio. Needs `pip install torch==2.13.0`.
+            per step on the same machine (median of 50 steps a block), in blocks alternating with
+            ours, `--calls` rounds; the ratio is the median of the per-round ratios. Also
+            PyTorch's own float32 matmul peak.
+            Needs `pip install torch==2.13.0`.
 Writes bench/out/gpt_throughput.json. Nothing here asserts a speed.
 """
 
@@ -35,7 +38,8 @@ from configs import shakespeare_gpt  # noqa: E402
 VOCAB = 65
 
 
-def _train_rate(config, calls: int) -> dict:
+def _jax_block(config):
+  """Our compiled train step; returns block() -> seconds per step of one `steps_per_call` call."""
   model = models.create_model(config.model, VOCAB)
   tx, _ = optim.create_optimizer(config.optimizer, 1000, config.num_train_steps)
   state = jax.jit(lambda: train_state.create_train_state(
@@ -45,10 +49,13 @@ def _train_rate(config, calls: int) -> dict:
   windows = rng.integers(0, VOCAB, (k, b, t + 1)).astype(np.int32)
   chunk = jax.device_put({'image': windows[..., :-1], 'label': windows[..., 1:]})
   run = timing.donated_timer(jax.jit(train.train_steps, donate_argnums=0), state, chunk)
-  times = [run(1) for _ in range(calls)]
-  seconds = statistics.median(times) / k
-  return {'ms_per_step': 1e3 * seconds, 'tokens_per_s': b * t / seconds,
-          'spread': (max(times) - min(times)) / statistics.median(times)}
+  return lambda: run(1) / k
+
+
+def _rate(seconds: list[float], tokens_per_step: int) -> dict:
+  step = statistics.median(seconds)
+  return {'ms_per_step': 1e3 * step, 'tokens_per_s': tokens_per_step / step,
+          'spread': (max(seconds) - min(seconds)) / step}
 
 
 def _generate_rates(config) -> dict:
@@ -71,7 +78,9 @@ def _generate_rates(config) -> dict:
   return out
 
 
-def _torch_rate(config, steps: int = 60) -> dict:
+def _torch_block(config, steps: int):
+  """The same model and optimizer in PyTorch; returns block() -> seconds per step of `steps`
+  steps (median), and facts about the install."""
   import torch
   from torch import nn
   e, h, layers, t, b = (config.model.embed_dim, config.model.num_heads, config.model.num_layers,
@@ -108,19 +117,35 @@ def _torch_rate(config, steps: int = 60) -> dict:
   model = GPT()
   opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1)
   data = torch.randint(0, VOCAB, (steps, b, t + 1))
-  times = []
-  for i in range(steps):
+
+  def block() -> float:
+    times = []
+    for i in range(steps):
+      start = time.perf_counter()
+      logits = model(data[i, :, :-1])
+      loss = nn.functional.cross_entropy(logits.reshape(-1, VOCAB), data[i, :, 1:].reshape(-1))
+      opt.zero_grad(set_to_none=True)
+      loss.backward()
+      torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+      opt.step()
+      times.append(time.perf_counter() - start)
+    return statistics.median(times)
+  block()  # Warm-up.
+  return block, {'threads': torch.get_num_threads(), 'version': torch.__version__,
+                 'matmul_peak_gflops': _torch_matmul_peak(2048)}
+
+
+def _torch_matmul_peak(n: int, repeats: int = 5) -> float:
+  """Best float32 GFLOP/s of an n x n x n matmul in PyTorch (cf. timing.matmul_peak_gflops)."""
+  import torch
+  a = torch.randn(n, n)
+  a @ a
+  best = float('inf')
+  for _ in range(repeats):
     start = time.perf_counter()
-    logits = model(data[i, :, :-1])
-    loss = nn.functional.cross_entropy(logits.reshape(-1, VOCAB), data[i, :, 1:].reshape(-1))
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    opt.step()
-    times.append(time.perf_counter() - start)
-  seconds = statistics.median(times[10:])
-  return {'ms_per_step': 1e3 * seconds, 'tokens_per_s': b * t / seconds,
-          'threads': torch.get_num_threads(), 'version': torch.__version__}
+    a @ a
+    best = min(best, time.perf_counter() - start)
+  return 2 * n ** 3 / best / 1e9
 
 
 def main():
@@ -134,10 +159,28 @@ def main():
       num_layers=m.num_layers, embed_dim=m.embed_dim, seq_len=config.data.seq_len,
       vocab_size=VOCAB, mlp_ratio=m.mlp_ratio)
   peak = timing.matmul_peak_gflops(2048)
-  results = {'train': _train_rate(config, args.calls)}
+  tokens = config.batch_size * config.data.seq_len
+  jax_block = _jax_block(config)
   if args.torch:
-    results['torch'] = _torch_rate(config)
+    # This VM's speed drifts by more than the difference measured, so the two are timed in
+    # alternating blocks (the order flipped each round) and compared round by round.
+    torch_block, torch_facts = _torch_block(config, config.steps_per_call)
+    seconds = {'jax': [], 'torch': []}
+    blocks = {'jax': jax_block, 'torch': torch_block}
+    for i in range(args.calls):
+      for name in (('jax', 'torch') if i % 2 == 0 else ('torch', 'jax')):
+        seconds[name].append(blocks[name]())
+    jax_s, torch_s = seconds['jax'], seconds['torch']
+    ratios = sorted(t / j for j, t in zip(jax_s, torch_s, strict=True))
+    results = {'train': _rate(jax_s, tokens), 'torch': {**_rate(torch_s, tokens), **torch_facts},
+               'paired_ratio': {'median': statistics.median(ratios), 'min': ratios[0],
+                                'max': ratios[-1], 'rounds': len(ratios)}}
+  else:
+    results = {'train': _rate([jax_block() for _ in range(args.calls)], tokens)}
   results['generate'] = _generate_rates(config)
+  # This VM's speed drifts (one peak measured 74, then 129 GFLOP/s): take the better of a
+  # measurement before and after the runs, so MFU is not inflated by one slow reading.
+  peak = max(peak, timing.matmul_peak_gflops(2048))
   print(f'{jax.default_backend()} ({platform.processor() or platform.machine()}), jax '
         f'{jax.__version__}; matmul peak {peak:.0f} GFLOP/s; {per_token / 1e6:.2f} MFLOP per '
         'trained token\n')
@@ -150,8 +193,10 @@ def main():
       print(f'| {"ours (JAX)" if name == "train" else "PyTorch"} | {r["ms_per_step"]:.1f} | '
             f'{r["tokens_per_s"]:,.0f} | {r["gflops"]:.1f} | {100 * r["mfu"]:.0f}% |')
   if 'torch' in results:
-    print(f'\nJAX / PyTorch tokens/s: '
-          f'{results["train"]["tokens_per_s"] / results["torch"]["tokens_per_s"]:.2f}x')
+    r = results['paired_ratio']
+    print(f'\nPyTorch matmul peak {results["torch"]["matmul_peak_gflops"]:.0f} GFLOP/s (XLA: '
+          f'{peak:.0f}); JAX / PyTorch tokens/s, paired by round: median {r["median"]:.2f}x '
+          f'(range {r["min"]:.2f} .. {r["max"]:.2f}, {r["rounds"]} rounds)')
   print('\n| generation (63 new tokens) | ms | tokens/s |\n|---|---|---|')
   for name, r in results['generate'].items():
     print(f'| {name} | {r["ms"]:.1f} | {r["tokens_per_s"]:,.0f} |')
