@@ -149,7 +149,19 @@ def validate_prune_config(config: ml_collections.ConfigDict) -> list[Variant]:
       if v.kind not in ('global', 'layerwise') or v.score not in gradual.GRADUAL_METHODS:
         raise ConfigError(f'Gradual pruning supports magnitude|random with global|layerwise; '
                           f'{v.name!r} is not one of them.')
-    if not 0 <= p.gradual_begin_epoch < p.gradual_end_epoch <= p.retrain_epochs:
+    if p.gradual_begin_step >= 0 or p.gradual_end_step >= 0:
+      if p.retrain_steps == 0:
+        raise ConfigError('prune.gradual_begin_step / gradual_end_step count steps of a '
+                          'step-based retraining phase: set prune.retrain_steps too (or use '
+                          'gradual_begin_epoch / gradual_end_epoch with retrain_epochs).')
+      if not 0 <= p.gradual_begin_step < p.gradual_end_step <= p.retrain_steps:
+        raise ConfigError('Gradual pruning needs 0 <= prune.gradual_begin_step < '
+                          'prune.gradual_end_step <= prune.retrain_steps; got '
+                          f'{p.gradual_begin_step}, {p.gradual_end_step}, {p.retrain_steps}.')
+    elif p.retrain_steps > 0:
+      raise ConfigError('A step-based gradual phase (prune.retrain_steps > 0) needs '
+                        'prune.gradual_begin_step and prune.gradual_end_step.')
+    elif not 0 <= p.gradual_begin_epoch < p.gradual_end_epoch <= p.retrain_epochs:
       raise ConfigError('Gradual pruning needs 0 <= prune.gradual_begin_epoch < '
                         'prune.gradual_end_epoch <= prune.retrain_epochs; got '
                         f'{p.gradual_begin_epoch}, {p.gradual_end_epoch}, {p.retrain_epochs}.')
@@ -400,10 +412,13 @@ def _run_one(ctx, dense_dir, dense_state, variant, sparsity, prunable) -> dict[s
          'target_sparsity': sparsity, 'dir': label}
   retrain_epochs_total = 0
   if p.schedule == 'gradual':
-    steps = ctx.steps_per_epoch
+    if p.gradual_begin_step >= 0:
+      begin, end = p.gradual_begin_step, p.gradual_end_step
+    else:
+      begin, end = (int(e * ctx.steps_per_epoch)
+                    for e in (p.gradual_begin_epoch, p.gradual_end_epoch))
     hook = gradual.mask_updater(
-        final_sparsity=sparsity, begin_step=int(p.gradual_begin_epoch * steps),
-        end_step=int(p.gradual_end_epoch * steps), frequency=p.gradual_every_steps,
+        final_sparsity=sparsity, begin_step=begin, end_step=end, frequency=p.gradual_every_steps,
         prunable=prunable, scope=variant.kind, method=variant.score, seed=ctx.config.seed + 1)
     state = _retrain_phase(ctx, os.path.join(run_dir, 'retrained'), dense_state.params,
                            pruning.ones_like(dense_state.params), prunable, p.retrain_epochs,
@@ -411,6 +426,8 @@ def _run_one(ctx, dense_dir, dense_state, variant, sparsity, prunable) -> dict[s
     params, masks, keep = state.params, state.masks, None
     row['one_shot_test_accuracy'] = None
     retrain_epochs_total = p.retrain_epochs
+    if p.retrain_steps:
+      row['retrain_steps'] = p.retrain_steps
   else:
     rounds = p.rounds if p.schedule == 'iterative' else 1
     targets = (pruning.iterative_sparsities(sparsity, rounds) if p.schedule == 'iterative'

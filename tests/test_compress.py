@@ -96,6 +96,13 @@ def test_gradual_and_iterative(prune_config, dense_dir, tmp_path):
   prune_config.prune.export_formats = ()
   row = compress.run(prune_config, str(tmp_path / 'gradual'))['rows'][0]
   assert row['sparsity'] == pytest.approx(0.8, abs=1e-4)
+  # Step-based (as for language models): the ramp is given in steps of the retraining phase.
+  step_config = prune_config.copy_and_resolve_references()
+  step_config.prune.retrain_epochs, step_config.prune.retrain_steps = 0, 30
+  step_config.prune.gradual_begin_step, step_config.prune.gradual_end_step = 5, 20
+  step_config.prune.gradual_every_steps = 5
+  row = compress.run(step_config, str(tmp_path / 'gradual_steps'))['rows'][0]
+  assert row['sparsity'] == pytest.approx(0.8, abs=1e-4) and row['retrain_steps'] == 30
   prune_config.prune.schedule = 'iterative'
   prune_config.prune.rounds = 2
   prune_config.prune.retrain_epochs = 1
@@ -125,6 +132,19 @@ def test_bad_prune_configs_are_refused(prune_config, tmp_path):
     config.prune[key] = value
     with pytest.raises(ConfigError, match=message):
       compress.run(config, str(tmp_path / f'bad_{key}'))
+  gradual_cases = [  # (retrain_steps, gradual_begin_step, gradual_end_step), message
+      ((0, 0, 10), 'set prune.retrain_steps too'),
+      ((20, -1, -1), 'needs prune.gradual_begin_step and prune.gradual_end_step'),
+      ((20, 0, 30), r'gradual_end_step <= prune.retrain_steps; got 0, 30, 20'),
+      ((20, 10, 10), 'gradual_begin_step <'),
+  ]
+  for (steps, begin, end), message in gradual_cases:
+    config = prune_config.copy_and_resolve_references()
+    config.prune.schedule = 'gradual'
+    config.prune.retrain_steps = steps
+    config.prune.gradual_begin_step, config.prune.gradual_end_step = begin, end
+    with pytest.raises(ConfigError, match=message):
+      compress.run(config, str(tmp_path / 'bad_gradual'))
   config = prune_config.copy_and_resolve_references()
   config.prune.variants = ('magnitude/2:4',)
   config.model.hidden_sizes = (30,)  # Dense_1 has 30 inputs: not divisible by 4.
