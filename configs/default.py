@@ -139,11 +139,10 @@ def get_config() -> ml_collections.ConfigDict:
   prune.gradual_begin_epoch = 0.0  # gradual: epoch of the retraining phase where pruning starts.
   prune.gradual_end_epoch = 2.0  # gradual: epoch where the final sparsity is reached.
   prune.gradual_every_steps = 100  # gradual: steps between mask updates.
-  # gradual, step-based runs (with retrain_steps, e.g. language models whose epochs are long):
-  # steps of the retraining phase where pruning starts / the final sparsity is reached. Both
-  # >= 0 replace gradual_begin_epoch / gradual_end_epoch; -1 = use the epochs.
-  prune.gradual_begin_step = -1
-  prune.gradual_end_step = -1
+  # gradual with retrain_steps (step-based runs, e.g. LMs whose epochs are long): the ramp in
+  # steps of the retraining phase; both >= 0 replace the two epochs above, -1 = use the epochs.
+  prune.gradual_begin_step = -1  # gradual: step where pruning starts.
+  prune.gradual_end_step = -1  # gradual: step where the final sparsity is reached.
   prune.dense_dir = ''  # A finished dense workdir to start from; '' = train one in WORKDIR/dense.
   prune.export_formats = ('none', 'int8')  # Compact exports: 'none' = bitmask + float32, 'int8'.
   prune.measure_latency = True  # neuron / heads variants: time dense vs shrunk model at batch 1 and 256.
