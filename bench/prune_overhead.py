@@ -1,6 +1,6 @@
-"""Costs of pruning machinery on the seed MLP (batch 64, Adam), on this machine's CPU.
+"""Costs of pruning machinery on the seed MLP (batch 64, Adam or AdamW), on this machine's CPU.
 
-    .venv/bin/python bench/prune_overhead.py [--repeats 7]
+    .venv/bin/python bench/prune_overhead.py [--repeats 31] [--optimizer adam|adamw]
 
 Times blocks of `--block_steps` steps (100-step compiled calls on resident data, as `jax_bare` in
 mlp_throughput.py) of each variant in turn, `--repeats` rounds. A variant's overhead is the median
@@ -36,10 +36,17 @@ import optax  # noqa: E402
 from bigmodel_jax import models, pruning, timing, train, train_state  # noqa: E402
 from bigmodel_jax.pruning import gradual  # noqa: E402
 
+OPTIMIZERS = {
+    'adam': lambda: optax.adam(1e-3),
+    # As configs/fashion_mnist_mlp_gradual.py: decoupled weight decay 0.1 on kernels.
+    'adamw': lambda: optax.adamw(1e-3, weight_decay=0.1, mask=lambda p: jax.tree.map(
+        lambda x: x.ndim >= 2, p)),
+}
 
-def _state(masked: bool, mask_gradients: bool = True):
+
+def _state(masked: bool, mask_gradients: bool = True, optimizer: str = 'adam'):
   model = models.MLP()
-  tx = optax.adam(1e-3)
+  tx = OPTIMIZERS[optimizer]()
   tx = pruning.masked(tx, mask_gradients=mask_gradients) if masked else tx
   state = jax.jit(lambda: train_state.create_train_state(
       0, model=model, tx=tx, input_shape=(784,), masked=masked))()
@@ -108,22 +115,25 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--repeats', type=int, default=31, help='rounds of blocks')
   parser.add_argument('--block_steps', type=int, default=300, help='steps per block (x100)')
+  parser.add_argument('--optimizer', choices=sorted(OPTIMIZERS), default='adam',
+                      help='adamw = the gradual config\'s AdamW with weight decay 0.1')
   args = parser.parse_args()
+  opt = args.optimizer
   calls = max(1, args.block_steps // 100)
   prunable = pruning.prunable_tree(_state(False).params)
   hook = gradual.mask_updater(final_sparsity=0.9, begin_step=0, end_step=10**6, frequency=100,
                               prunable=prunable)
   ms, ratios = _interleaved({
-      'dense': _block_timer(_state(False), None, calls),
-      'masked': _block_timer(_state(True), None, calls),
-      'updates_only': _block_timer(_state(True, mask_gradients=False), None, calls),
-      'gradual': _block_timer(_state(True, mask_gradients=False), hook, calls),
+      'dense': _block_timer(_state(False, optimizer=opt), None, calls),
+      'masked': _block_timer(_state(True, optimizer=opt), None, calls),
+      'updates_only': _block_timer(_state(True, False, opt), None, calls),
+      'gradual': _block_timer(_state(True, False, opt), hook, calls),
   }, args.repeats)
   dense, masked, updates_only, grad = (ms[k] for k in ('dense', 'masked', 'updates_only',
                                                        'gradual'))
   bisect_ms, sort_ms = _selection_ms(args.repeats)
   results = {'machine': f'{platform.machine()}, {os.cpu_count()} cores',
-             'date': time.strftime('%Y-%m-%d'), 'jax': jax.__version__,
+             'date': time.strftime('%Y-%m-%d'), 'jax': jax.__version__, 'optimizer': opt,
              'dense_step_ms': dense, 'masked_step_ms': masked, 'gradual_step_ms': grad,
              'masked_updates_only_step_ms': updates_only,
              'repeats': args.repeats, 'block_steps': 100 * calls,
@@ -135,10 +145,11 @@ def main():
                                     if k != 'dense'},
              'select_bisection_ms': bisect_ms, 'select_sort_ms': sort_ms}
   os.makedirs(os.path.join(REPO, 'bench', 'out'), exist_ok=True)
-  with open(os.path.join(REPO, 'bench', 'out', 'prune_overhead.json'), 'w') as f:
+  name = 'prune_overhead.json' if opt == 'adam' else f'prune_overhead_{opt}.json'
+  with open(os.path.join(REPO, 'bench', 'out', name), 'w') as f:
     json.dump(results, f, indent=1)
   print(f'Machine: {results["machine"]}; {results["date"]}; jax {jax.__version__}\n')
-  print(f'{args.repeats} rounds of {100 * calls}-step blocks\n')
+  print(f'{args.repeats} rounds of {100 * calls}-step blocks, optimizer {opt}\n')
   print('| step | ms/step (median) | vs dense, paired median (quartiles) |\n|---|---|---|')
   print(f'| dense | {dense:.3f} | |')
   quart = results['overhead_quartiles']
