@@ -165,11 +165,7 @@ def main():
     # This VM's speed drifts by more than the difference measured, so the two are timed in
     # alternating blocks (the order flipped each round) and compared round by round.
     torch_block, torch_facts = _torch_block(config, config.steps_per_call)
-    seconds = {'jax': [], 'torch': []}
-    blocks = {'jax': jax_block, 'torch': torch_block}
-    for i in range(args.calls):
-      for name in (('jax', 'torch') if i % 2 == 0 else ('torch', 'jax')):
-        seconds[name].append(blocks[name]())
+    seconds = timing.interleaved({'jax': jax_block, 'torch': torch_block}, args.calls)
     jax_s, torch_s = seconds['jax'], seconds['torch']
     ratios = sorted(t / j for j, t in zip(jax_s, torch_s, strict=True))
     results = {'train': _rate(jax_s, tokens), 'torch': {**_rate(torch_s, tokens), **torch_facts},

@@ -33,15 +33,20 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from bigmodel_jax import models, pruning, timing, train, train_state  # noqa: E402
+from bigmodel_jax import models, optim, pruning, timing, train, train_state  # noqa: E402
 from bigmodel_jax.pruning import gradual  # noqa: E402
+from configs import fashion_mnist_mlp_gradual  # noqa: E402
 
-OPTIMIZERS = {
-    'adam': lambda: optax.adam(1e-3),
-    # As configs/fashion_mnist_mlp_gradual.py: decoupled weight decay 0.1 on kernels.
-    'adamw': lambda: optax.adamw(1e-3, weight_decay=0.1, mask=lambda p: jax.tree.map(
-        lambda x: x.ndim >= 2, p)),
-}
+
+def _gradual_config_optimizer():
+  # configs/fashion_mnist_mlp_gradual.py's optimizer (AdamW, weight decay 0.1 on kernels) at a
+  # constant 1e-3, built by the library as the launcher builds it.
+  opt = fashion_mnist_mlp_gradual.get_config().optimizer
+  opt.learning_rate, opt.schedule = 1e-3, 'constant'
+  return optim.create_optimizer(opt, steps_per_epoch=1, total_steps=1)[0]
+
+
+OPTIMIZERS = {'adam': lambda: optax.adam(1e-3), 'adamw': _gradual_config_optimizer}
 
 
 def _state(masked: bool, mask_gradients: bool = True, optimizer: str = 'adam'):
@@ -73,11 +78,7 @@ def _interleaved(timers: dict, repeats: int) -> tuple[dict[str, float], dict[str
   Returns ({variant: median ms/step}, {variant: [q1, median, q3] of its per-round ratio to the
   reference's block of the same round}).
   """
-  times = {name: [] for name in timers}
-  for r in range(repeats):
-    order = list(timers) if r % 2 == 0 else list(timers)[::-1]  # Alternate who goes first.
-    for name in order:
-      times[name].append(timers[name]())
+  times = timing.interleaved(timers, repeats)
   reference = next(iter(timers))
   ratios = {}
   for name, t in times.items():
@@ -126,8 +127,8 @@ def main():
   ms, ratios = _interleaved({
       'dense': _block_timer(_state(False, optimizer=opt), None, calls),
       'masked': _block_timer(_state(True, optimizer=opt), None, calls),
-      'updates_only': _block_timer(_state(True, False, opt), None, calls),
-      'gradual': _block_timer(_state(True, False, opt), hook, calls),
+      'updates_only': _block_timer(_state(True, mask_gradients=False, optimizer=opt), None, calls),
+      'gradual': _block_timer(_state(True, mask_gradients=False, optimizer=opt), hook, calls),
   }, args.repeats)
   dense, masked, updates_only, grad = (ms[k] for k in ('dense', 'masked', 'updates_only',
                                                        'gradual'))

@@ -37,6 +37,20 @@ def donated_timer(step, state, batch):
   return run
 
 
+def interleaved(timers: dict, rounds: int) -> dict[str, list[float]]:
+  """Calls each of `timers` ({name: () -> seconds}) once a round, `rounds` rounds, the order
+  reversed every other round; returns {name: [its figure of each round]}.
+
+  Figures of the same round are comparable even when the machine's speed drifts between rounds,
+  so benchmarks compare variants round by round (paired) rather than by their overall medians.
+  """
+  times = {name: [] for name in timers}
+  for r in range(rounds):
+    for name in (list(timers) if r % 2 == 0 else list(timers)[::-1]):
+      times[name].append(timers[name]())
+  return times
+
+
 def matmul_peak_gflops(n: int = 4096, repeats: int = 5) -> float:
   """Best float32 GFLOP/s of an n x n x n matmul through XLA: the machine's practical peak, for
   utilisation figures (never a datasheet number)."""

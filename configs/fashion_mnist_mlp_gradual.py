@@ -8,8 +8,8 @@ cosine) during which the sparsity rises from 0 to the target along the cubic sch
 first 8 epochs, masks recomputed every 100 steps inside the compiled step; the last 9 epochs
 train the final sparse network. Compare the results with the 10-epoch dense model of
 configs/fashion_mnist_mlp.py (the README does), not with the 3-epoch dense phase this workdir
-holds. The ramp length, learning rate and weight decay were
-chosen among candidates on a 5,000-image validation split held out of the training set (README).
+holds. The ramp length, learning rate and weight decay were chosen among candidates on a
+5,000-image validation split held out of the training set (README).
 Expected (measured, see README): 90.25 / 89.99 / 89.67 / 88.51% test accuracy at 90 / 95 / 98 /
 99% sparsity with seed 0 (dense: 90.03%); means over seeds 0-4: 90.19 / 90.03 / 89.64 / 88.73
 (dense: 90.10).

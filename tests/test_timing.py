@@ -15,3 +15,12 @@ def test_donated_timer_carries_the_state_through_every_call():
   assert run(4) >= 0.0
   assert run(2) >= 0.0
   assert given == [0, 1, 2, 3, 4, 5, 6]  # Each call got the state the previous one returned.
+
+
+def test_interleaved_alternates_who_goes_first():
+  calls = []
+  timers = {name: (lambda name=name: calls.append(name) or float(len(calls)))
+            for name in ('a', 'b', 'c')}
+  times = timing.interleaved(timers, 3)
+  assert calls == ['a', 'b', 'c', 'c', 'b', 'a', 'a', 'b', 'c']
+  assert times == {'a': [1.0, 6.0, 7.0], 'b': [2.0, 5.0, 8.0], 'c': [3.0, 4.0, 9.0]}
