@@ -306,6 +306,25 @@ def _head_masks(ctx: _Context, variant: Variant, sparsity: float, params,
   return pruning.heads.head_masks(params, keep, head_dim), keep
 
 
+def _keep_to_meta(variant: Variant, keep) -> dict[str, Any]:
+  """What was kept by a structured variant, as JSON for the prune checkpoint's metadata:
+  'neuron_keep' (one 0/1 list per hidden layer) or 'head_keep' ({block: 0/1 per head})."""
+  neurons = variant.kind == 'neuron' and keep is not None
+  heads = variant.kind == 'heads' and keep is not None
+  return {'neuron_keep': [np.asarray(k).astype(int).tolist() for k in keep] if neurons else None,
+          'head_keep': ({k: np.asarray(v).astype(int).tolist() for k, v in keep.items()}
+                        if heads else None)}
+
+
+def _keep_from_meta(variant: Variant, meta: dict[str, Any]):
+  """`_keep_to_meta`'s inverse: a list (neurons) or dict (heads) of bool arrays, else None."""
+  if variant.kind == 'neuron' and meta.get('neuron_keep'):
+    return [np.asarray(k, bool) for k in meta['neuron_keep']]
+  if variant.kind == 'heads' and meta.get('head_keep'):
+    return {k: np.asarray(v, bool) for k, v in meta['head_keep'].items()}
+  return None
+
+
 def _prune_phase(ctx, directory, variant, sparsity, params, prunable, previous_masks=None):
   """Prunes once (or restores a finished prune from `directory`): (params, masks, keep, meta)."""
   ckpt = checkpoint.Checkpointer(directory, async_save=False)
@@ -313,25 +332,17 @@ def _prune_phase(ctx, directory, variant, sparsity, params, prunable, previous_m
     target = {'params': params, 'masks': pruning.ones_like(params)}
     if ckpt.latest_step() is not None:
       arrays, meta = ckpt.restore(ckpt.latest_step(), ctx.par.abstract(target))
-      keep = [np.asarray(k, bool) for k in meta['neuron_keep']] if meta.get('neuron_keep') else None
-      if meta.get('head_keep'):
-        keep = {k: np.asarray(v, bool) for k, v in meta['head_keep'].items()}
-      return arrays['params'], arrays['masks'], keep, meta
+      return arrays['params'], arrays['masks'], _keep_from_meta(variant, meta), meta
     start = time.perf_counter()
     masks, keep, params = _masks_for(ctx, variant, sparsity, params, prunable, previous_masks)
     masks = jax.block_until_ready(ctx.par.place(masks))  # Laid out like the params.
-    if isinstance(keep, list):
-      keep = [np.asarray(k, bool) for k in keep]
     seconds = time.perf_counter() - start
     params = pruning.apply_masks(params, masks)
     stats = pruning.sparsity_stats(params, masks, prunable)
     meta = {'variant': variant.name, 'target_sparsity': sparsity,
             'sparsity': stats['sparsity'], 'total_sparsity': stats['total_sparsity'],
-            'select_seconds': seconds,
-            'neuron_keep': ([np.asarray(k).astype(int).tolist() for k in keep]
-                            if isinstance(keep, list) else None),
-            'head_keep': ({k: np.asarray(v).astype(int).tolist() for k, v in keep.items()}
-                          if isinstance(keep, dict) else None)}
+            'select_seconds': seconds, **_keep_to_meta(variant, keep)}
+    keep = _keep_from_meta(variant, meta)  # bool numpy arrays, as after a restore.
     evaluation = ctx.test_metrics(params)
     meta['test_accuracy'], meta['test_loss'] = evaluation['accuracy'], evaluation['loss']
     ckpt.save(0, {'params': params, 'masks': masks}, meta)
@@ -374,10 +385,10 @@ def _export(ctx, directory, params, masks, prunable) -> dict[str, Any]:
   return out
 
 
-def _latency(ctx, dense_params, keep, params) -> dict[str, Any]:
+def _latency(ctx, variant, dense_params, keep, params) -> dict[str, Any]:
   """Forward latency of the dense model vs the physically shrunk one (neuron or heads kind)."""
   dense_params, params = ctx.par.to_host((dense_params, params))
-  if isinstance(keep, dict):  # Attention heads.
+  if variant.kind == 'heads':
     small_model, small_params = pruning.heads.shrink_heads(ctx.model, params, keep)
     result = {'heads_per_layer': list(small_model.heads_per_layer)}
   else:
@@ -464,7 +475,7 @@ def _run_one(ctx, dense_dir, dense_state, variant, sparsity, prunable) -> dict[s
   if p.export_formats:
     row['export'] = _export(ctx, os.path.join(run_dir, 'export'), params, masks, prunable)
   if variant.kind in ('neuron', 'heads') and p.measure_latency:
-    row['structured'] = _latency(ctx, dense_state.params, keep, params)
+    row['structured'] = _latency(ctx, variant, dense_state.params, keep, params)
   if jax.process_index() == 0:
     with open(row_path, 'w') as f:
       json.dump(row, f, indent=1)
