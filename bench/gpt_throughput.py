@@ -139,13 +139,7 @@ def _torch_matmul_peak(n: int, repeats: int = 5) -> float:
   """Best float32 GFLOP/s of an n x n x n matmul in PyTorch (cf. timing.matmul_peak_gflops)."""
   import torch
   a = torch.randn(n, n)
-  a @ a
-  best = float('inf')
-  for _ in range(repeats):
-    start = time.perf_counter()
-    a @ a
-    best = min(best, time.perf_counter() - start)
-  return 2 * n ** 3 / best / 1e9
+  return 2 * n ** 3 / timing.best_seconds(lambda: a @ a, repeats) / 1e9  # Synchronous on CPU.
 
 
 def main():

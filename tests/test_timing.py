@@ -24,3 +24,14 @@ def test_interleaved_alternates_who_goes_first():
   times = timing.interleaved(timers, 3)
   assert calls == ['a', 'b', 'c', 'c', 'b', 'a', 'a', 'b', 'c']
   assert times == {'a': [1.0, 6.0, 7.0], 'b': [2.0, 5.0, 8.0], 'c': [3.0, 4.0, 9.0]}
+
+
+def test_best_seconds_warms_up_once_then_takes_the_fastest_call(monkeypatch):
+  clock = [0.0]  # A fake clock that only the timed function advances.
+  monkeypatch.setattr(timing.time, 'perf_counter', lambda: clock[0])
+  durations = iter([9.0, 3.0, 1.0, 2.0, 5.0])  # The warm-up call, then four timed ones.
+
+  def fn():
+    clock[0] += next(durations)
+  assert timing.best_seconds(fn, repeats=4) == 1.0
+  assert next(durations, None) is None  # Exactly 1 + 4 calls.
