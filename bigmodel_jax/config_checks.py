@@ -62,6 +62,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
            f'>= data.seq_len={d.seq_len} (the context the model is trained on)')
 
   _one_of('loss', config.loss, losses.LOSSES)
+  _check('label_smoothing', config.label_smoothing, 0 <= config.label_smoothing < 1, 'in [0, 1)')
+  if config.label_smoothing and config.loss != 'cross_entropy':
+    raise ConfigError(f'config.label_smoothing={config.label_smoothing} needs '
+                      f"config.loss='cross_entropy'; got {config.loss!r}.")
 
   o = config.optimizer
   _one_of('optimizer.name', o.name, optim.OPTIMIZERS)

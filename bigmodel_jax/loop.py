@@ -131,7 +131,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     # Masking the updates keeps pruned weights at zero; the gradients need masking too only
     # when the optimizer looks across entries (global-norm clipping), and it costs a pass.
     tx = pruning.masked(tx, mask_gradients=config.optimizer.grad_clip_norm > 0)
-  loss_fn = losses.LOSSES[config.loss]
+  loss_fn = losses.LOSSES[config.loss]  # Evaluation's; training's may be label-smoothed.
+  train_loss_fn = losses.train_loss(config.loss, config.label_smoothing)
   init = functools.partial(train_state.create_train_state, model=model, tx=tx,
                            input_shape=datasets.train.images.shape[1:], masked=masked,
                            input_dtype=datasets.train.images.dtype)
@@ -204,7 +205,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                f'{num_epochs} epochs; {par.summary()}'
                + (f'; resuming at step {step}' if step else ''))
   writer = metrics.MetricWriter(os.path.join(workdir, 'tensorboard'))
-  compile_step = par.train_call(state, loss_fn=loss_fn, before_step=before_step)
+  compile_step = par.train_call(state, loss_fn=train_loss_fn, before_step=before_step)
   rows = par.local_rows(config.batch_size)
   learning_rate = jax.jit(schedule)  # Compiled once here, not eagerly op by op inside epoch 1.
   learning_rate(step)

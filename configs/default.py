@@ -55,6 +55,9 @@ def get_config() -> ml_collections.ConfigDict:
 
   # --- Loss -----------------------------------------------------------------
   config.loss = 'cross_entropy'  # 'cross_entropy' (softmax) or 'mse' (on one-hot targets).
+  # cross_entropy only: train against (1 - a) one_hot + a / classes (evaluation keeps the plain
+  # loss); 0 = off. Applies to every training phase of a pruning run.
+  config.label_smoothing = 0.0
 
   # --- Optimizer ------------------------------------------------------------
   config.optimizer = opt = ml_collections.ConfigDict()

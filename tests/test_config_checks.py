@@ -47,6 +47,7 @@ def test_seed_recipe_is_exact():
     ('num_epochs', 0, 'or set num_train_steps'),
     ('steps_per_call', 0, 'config.steps_per_call=0'),
     ('data.validation_size', -1, 'config.data.validation_size=-1'),
+    ('label_smoothing', 1.0, 'config.label_smoothing=1.0 is invalid: it must be in \\[0, 1\\)'),
 ])
 def test_bad_values_name_the_key_and_what_is_accepted(key, value, message):
   config = default.get_config()
@@ -63,3 +64,10 @@ def test_num_train_steps_replaces_epochs():
   config = default.get_config()
   config.num_epochs, config.num_train_steps = 0, 10
   validate_config(config)
+
+
+def test_label_smoothing_needs_cross_entropy():
+  config = default.get_config()
+  config.loss, config.label_smoothing = 'mse', 0.1
+  with pytest.raises(ConfigError, match="needs config.loss='cross_entropy'"):
+    validate_config(config)

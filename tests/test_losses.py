@@ -1,5 +1,8 @@
+import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
+import pytest
 
 from bigmodel_jax import losses
 
@@ -24,3 +27,24 @@ def test_correct_counts_argmax_hits():
 
 def test_registry_names():
   assert set(losses.LOSSES) == {'cross_entropy', 'mse'}
+
+
+def test_smoothed_cross_entropy_matches_optax_smoothed_targets():
+  logits = jnp.array([[2.0, 1.0, 0.1], [0.0, 0.0, 5.0]])
+  labels = jnp.array([0, 1])
+  targets = optax.smooth_labels(jax.nn.one_hot(labels, 3), 0.1)
+  np.testing.assert_allclose(losses.smoothed_cross_entropy(logits, labels, 0.1),
+                             optax.softmax_cross_entropy(logits, targets), rtol=1e-6)
+  # Sequence logits [batch, time, vocab] work the same way.
+  np.testing.assert_allclose(losses.smoothed_cross_entropy(logits[None], labels[None], 0.1),
+                             optax.softmax_cross_entropy(logits, targets)[None], rtol=1e-6)
+
+
+def test_train_loss_smooths_cross_entropy_only():
+  logits, labels = jnp.array([[2.0, 1.0, 0.1]]), jnp.array([2])
+  assert losses.train_loss('mse') is losses.mse
+  assert losses.train_loss('cross_entropy', 0.0) is losses.cross_entropy
+  smoothed = losses.train_loss('cross_entropy', 0.2)(logits, labels)
+  assert float(smoothed[0]) < float(losses.cross_entropy(logits, labels)[0])  # Wrong label.
+  with pytest.raises(ValueError, match='cross_entropy'):
+    losses.train_loss('mse', 0.1)
