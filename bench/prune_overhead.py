@@ -15,8 +15,8 @@ range of those ratios; ms/step are medians over rounds. Variants:
 the optimizer update alone (`tx.update` + `apply_updates` on fixed gradients, no forward or
 backward pass) dense and masked, timed the same way: the difference is the mask's own cost, which
 the whole step's round-to-round spread hides; and the time of one global mask selection over the
-535k weights: our bisection (no sort) vs a full sort for the threshold. Prints a markdown table and writes bench/out/prune_overhead.json.
-Nothing here asserts a speed.
+535k weights: our bisection (no sort) vs a full sort for the threshold. Prints a markdown table
+and writes bench/out/prune_overhead.json. Nothing here asserts a speed.
 """
 
 import argparse
