@@ -130,7 +130,12 @@ def validate_prune_config(config: ml_collections.ConfigDict) -> list[Variant]:
     raise ConfigError('config.prune.sparsities is empty: give at least one, e.g. (0.9,).')
   for s in p.sparsities:
     selection.check_sparsity(s, 'config.prune.sparsities entry')
-  parse_overrides(p.overrides)
+  if parse_overrides(p.overrides):
+    for v in variants:
+      if v.kind not in ('global', 'layerwise') or v.score in ONE_SHOT:
+        raise ConfigError(f'prune.overrides sets per-layer sparsities of unstructured '
+                          f'magnitude|saliency|sensitivity|random global|layerwise variants; '
+                          f'{v.name!r} would ignore it. Drop the variant or the overrides.')
   for key in ('retrain_epochs', 'retrain_steps', 'score_batches', 'score_batch_size',
               'gradual_every_steps'):
     low = 0 if key.startswith('retrain') else 1
@@ -255,13 +260,12 @@ class _Context:
 
 
 def _masks_for(ctx: _Context, variant: Variant, sparsity: float, params, prunable,
-               previous_masks=None) -> tuple[Any, list | None, Any]:
-  """Scores `params` by the variant's method and selects.
+               previous_masks=None, overrides=None) -> tuple[Any, list | None, Any]:
+  """Scores `params` by the variant's method and selects (`overrides`: per-layer sparsities).
 
   Returns:
     (masks, neuron keep or None, params: SparseGPT's updated ones, else the given ones).
   """
-  p = ctx.config.prune
   if variant.score in ONE_SHOT:
     calibration = [b['image'] for b in ctx.score_batches()]
     target = ({'n': variant.n, 'm': variant.m} if variant.kind == 'nm'
@@ -284,8 +288,7 @@ def _masks_for(ctx: _Context, variant: Variant, sparsity: float, params, prunabl
   if variant.kind == 'nm':
     return pruning.nm_masks(scores, variant.n, variant.m, prunable=prunable), None, params
   masks = jax.jit(lambda s: pruning.masks_from_scores(
-      s, sparsity, scope=variant.kind, prunable=prunable,
-      overrides=parse_overrides(p.overrides)))(scores)
+      s, sparsity, scope=variant.kind, prunable=prunable, overrides=overrides))(scores)
   return masks, None, params
 
 
@@ -325,7 +328,8 @@ def _keep_from_meta(variant: Variant, meta: dict[str, Any]):
   return None
 
 
-def _prune_phase(ctx, directory, variant, sparsity, params, prunable, previous_masks=None):
+def _prune_phase(ctx, directory, variant, sparsity, params, prunable, previous_masks=None,
+                 overrides=None):
   """Prunes once (or restores a finished prune from `directory`): (params, masks, keep, meta)."""
   ckpt = checkpoint.Checkpointer(directory, async_save=False)
   try:
@@ -334,7 +338,8 @@ def _prune_phase(ctx, directory, variant, sparsity, params, prunable, previous_m
       arrays, meta = ckpt.restore(ckpt.latest_step(), ctx.par.abstract(target))
       return arrays['params'], arrays['masks'], _keep_from_meta(variant, meta), meta
     start = time.perf_counter()
-    masks, keep, params = _masks_for(ctx, variant, sparsity, params, prunable, previous_masks)
+    masks, keep, params = _masks_for(ctx, variant, sparsity, params, prunable, previous_masks,
+                                     overrides)
     masks = jax.block_until_ready(ctx.par.place(masks))  # Laid out like the params.
     seconds = time.perf_counter() - start
     params = pruning.apply_masks(params, masks)
@@ -430,7 +435,8 @@ def _run_one(ctx, dense_dir, dense_state, variant, sparsity, prunable) -> dict[s
                     for e in (p.gradual_begin_epoch, p.gradual_end_epoch))
     hook = gradual.mask_updater(
         final_sparsity=sparsity, begin_step=begin, end_step=end, frequency=p.gradual_every_steps,
-        prunable=prunable, scope=variant.kind, method=variant.score, seed=ctx.config.seed + 1)
+        prunable=prunable, scope=variant.kind, method=variant.score, seed=ctx.config.seed + 1,
+        overrides=parse_overrides(p.overrides))
     state = _retrain_phase(ctx, os.path.join(run_dir, 'retrained'), dense_state.params,
                            pruning.ones_like(dense_state.params), prunable, p.retrain_epochs,
                            before_step=hook, prefix=prefix)
@@ -443,6 +449,9 @@ def _run_one(ctx, dense_dir, dense_state, variant, sparsity, prunable) -> dict[s
     rounds = p.rounds if p.schedule == 'iterative' else 1
     targets = (pruning.iterative_sparsities(sparsity, rounds) if p.schedule == 'iterative'
                else [sparsity])
+    # Per-layer overrides follow the same rounds: each removes the same fraction of what is left.
+    overrides = {pattern: pruning.iterative_sparsities(value, rounds) if rounds > 1 else [value]
+                 for pattern, value in parse_overrides(p.overrides).items()}
     rewind = None
     if p.schedule == 'iterative' and p.rewind_epoch >= 0:
       rewind = (ctx.template if p.rewind_epoch == 0 else
@@ -450,8 +459,9 @@ def _run_one(ctx, dense_dir, dense_state, variant, sparsity, prunable) -> dict[s
     params, masks = dense_state.params, None
     for r, target in enumerate(targets):
       where = run_dir if rounds == 1 else os.path.join(run_dir, f'round_{r + 1}')
-      params, masks, keep, meta = _prune_phase(ctx, os.path.join(where, 'pruned'), variant,
-                                               target, params, prunable, masks)
+      params, masks, keep, meta = _prune_phase(
+          ctx, os.path.join(where, 'pruned'), variant, target, params, prunable, masks,
+          overrides={pattern: values[r] for pattern, values in overrides.items()})
       if r == 0:
         row['one_shot_test_accuracy'] = meta['test_accuracy']
         row['one_shot_test_loss'] = meta.get('test_loss')

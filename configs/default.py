@@ -130,7 +130,7 @@ def get_config() -> ml_collections.ConfigDict:
   prune.schedule = 'one_shot'  # one_shot | iterative (`rounds` prune-retrain rounds) | gradual (Zhu & Gupta).
   prune.include = ('*kernel',)  # Glob patterns of prunable leaves, e.g. 'Dense_[01]/kernel'.
   prune.exclude = ()  # Glob patterns removed from `include` (biases and norms are never matched by default).
-  prune.overrides = ''  # Per-layer sparsities, 'PATTERN=S,PATTERN=S' (e.g. 'Dense_2/kernel=0.5').
+  prune.overrides = ''  # Per-layer sparsities, 'PATTERN=S,PATTERN=S' (e.g. 'Dense_2/kernel=0.5'): those leaves are pruned to S on their own, outside the global ranking, by every schedule (iterative: over its rounds; gradual: along its ramp); unstructured global|layerwise variants only.
   prune.score_batches = 8  # Training batches for saliency / sensitivity, and wanda / sparsegpt calibration.
   prune.score_batch_size = 128  # Examples per scoring batch.
   prune.retrain_epochs = 3  # Masked retraining epochs after each pruning (gradual: the whole phase).

@@ -96,6 +96,12 @@ def test_gradual_and_iterative(prune_config, dense_dir, tmp_path):
   prune_config.prune.export_formats = ()
   row = compress.run(prune_config, str(tmp_path / 'gradual'))['rows'][0]
   assert row['sparsity'] == pytest.approx(0.8, abs=1e-4)
+  # A per-layer override is honoured by the gradual schedule (it ramps to its own target).
+  override_config = prune_config.copy_and_resolve_references()
+  override_config.prune.overrides = 'Dense_2/kernel=0.5'
+  row = compress.run(override_config, str(tmp_path / 'gradual_override'))['rows'][0]
+  assert row['layers']['Dense_2/kernel'] == 0.5  # 80 of 160, exactly.
+  assert row['layers']['Dense_0/kernel'] > 0.79
   # Step-based (as for language models): the ramp is given in steps of the retraining phase.
   step_config = prune_config.copy_and_resolve_references()
   step_config.prune.retrain_epochs, step_config.prune.retrain_steps = 0, 30
@@ -111,6 +117,15 @@ def test_gradual_and_iterative(prune_config, dense_dir, tmp_path):
   row = compress.run(prune_config, workdir)['rows'][0]
   assert row['sparsity'] == pytest.approx(0.8, abs=1e-4) and row['retrain_epochs'] == 2
   assert os.path.isdir(os.path.join(workdir, row['dir'], 'round_2', 'retrained'))
+  # Iterative: the override's layer loses the same fraction of what is left in every round.
+  prune_config.prune.overrides = 'Dense_2/kernel=0.75'
+  workdir = str(tmp_path / 'iterative_override')
+  row = compress.run(prune_config, workdir)['rows'][0]
+  assert row['layers']['Dense_2/kernel'] == 0.75
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, row['dir'], 'round_1', 'pruned'))
+  first = ckpt.restore_arrays(ckpt.latest_step())
+  ckpt.close()
+  assert np.sum(~np.asarray(first['masks']['Dense_2']['kernel'])) == 80  # 1 - (1 - .75) ** .5.
 
 
 def test_bad_prune_configs_are_refused(prune_config, tmp_path):
@@ -145,6 +160,12 @@ def test_bad_prune_configs_are_refused(prune_config, tmp_path):
     config.prune.gradual_begin_step, config.prune.gradual_end_step = begin, end
     with pytest.raises(ConfigError, match=message):
       compress.run(config, str(tmp_path / 'bad_gradual'))
+  for variant in ('magnitude/neuron', 'magnitude/2:4', 'wanda/layerwise'):
+    config = prune_config.copy_and_resolve_references()
+    config.prune.variants = ('magnitude/global', variant)
+    config.prune.overrides = 'Dense_2/kernel=0.5'
+    with pytest.raises(ConfigError, match='would ignore it'):
+      compress.run(config, str(tmp_path / 'bad_overrides'))
   config = prune_config.copy_and_resolve_references()
   config.prune.variants = ('magnitude/2:4',)
   config.model.hidden_sizes = (30,)  # Dense_1 has 30 inputs: not divisible by 4.

@@ -8,7 +8,7 @@ import pytest
 
 from bigmodel_jax import models, pruning
 from bigmodel_jax.errors import ConfigError
-from bigmodel_jax.pruning import selection
+from bigmodel_jax.pruning import gradual, selection
 
 
 @pytest.fixture(scope='module')
@@ -275,3 +275,32 @@ def test_schedules():
   assert pruning.iterative_sparsities(0.96, 2) == pytest.approx([0.8, 0.96])
   assert bool(pruning.is_update_step(300, begin_step=100, end_step=1000, frequency=100))
   assert not bool(pruning.is_update_step(1100, begin_step=100, end_step=1000, frequency=100))
+
+
+def test_gradual_updater_ramps_overrides_on_their_own_schedule():
+  from bigmodel_jax import train_state
+  model = models.MLP(hidden_sizes=(32, 16), num_outputs=10)
+  state = train_state.create_train_state(0, model=model, tx=pruning.masked(optax.adam(1e-3)),
+                                         input_shape=(64,), masked=True)
+  prunable = pruning.prunable_tree(state.params)
+  ramp = dict(begin_step=0, end_step=100, frequency=10)
+  hook = jax.jit(gradual.mask_updater(final_sparsity=0.8, prunable=prunable,
+                                              overrides={'Dense_2/kernel': 0.3}, **ramp))
+  rest = 64 * 32 + 32 * 16
+  for step in (50, 100):
+    out = hook(state.replace(step=jnp.asarray(step, jnp.int32)))
+    target = {name: float(pruning.polynomial_sparsity(step, final_sparsity=s, **ramp))
+              for name, s in (('rest', 0.8), ('Dense_2', 0.3))}
+    assert 0 < target['Dense_2'] < target['rest']
+    assert int(np.sum(~out.masks['Dense_2']['kernel'])) == round(target['Dense_2'] * 160)
+    assert int(np.sum(~out.masks['Dense_0']['kernel'])) + \
+        int(np.sum(~out.masks['Dense_1']['kernel'])) == round(target['rest'] * rest)
+    assert np.all(np.asarray(out.params['Dense_2']['kernel'])[~out.masks['Dense_2']['kernel']]
+                  == 0)
+  assert target['Dense_2'] == pytest.approx(0.3)  # Step 100: each at its own final sparsity.
+  with pytest.raises(ConfigError, match='matches no prunable'):
+    gradual.mask_updater(final_sparsity=0.8, prunable=prunable,
+                                 overrides={'*bias': 0.5}, **ramp)
+  with pytest.raises(ConfigError, match=r'\[0, 1\)'):
+    gradual.mask_updater(final_sparsity=0.8, prunable=prunable,
+                                 overrides={'Dense_2/kernel': 1.0}, **ramp)

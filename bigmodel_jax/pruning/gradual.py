@@ -7,6 +7,7 @@ so the skipped branch costs nothing). Selection counts by bisection, no sort, so
 100 steps adds little to training time.
 """
 
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -19,7 +20,8 @@ GRADUAL_METHODS = ('magnitude', 'random')
 
 def mask_updater(*, final_sparsity: float, begin_step: int, end_step: int, frequency: int,
                  prunable: Any, scope: str = 'global', method: str = 'magnitude',
-                 initial_sparsity: float = 0.0, seed: int = 0):
+                 initial_sparsity: float = 0.0, seed: int = 0,
+                 overrides: Mapping[str, float] | None = None):
   """A state -> state hook that prunes on the polynomial schedule (see `schedules`).
 
   Args:
@@ -29,8 +31,19 @@ def mask_updater(*, final_sparsity: float, begin_step: int, end_step: int, frequ
     scope: 'global' or 'layerwise'.
     method: 'magnitude' (scores from the current weights) or 'random' (a control; a pruned
       weight, being zero, stays pruned as the sparsity rises).
+    overrides: {path pattern: final sparsity} for leaves pruned on their own (layer-wise) to
+      their own target, outside the global ranking (`selection.masks_from_scores`). Each follows
+      the same cubic ramp, from min(initial_sparsity, its target) to its target.
+
+  Raises:
+    ConfigError: a sparsity outside [0, 1), or an override pattern that matches no prunable
+      leaf (or a leaf that two patterns match).
   """
   selection.check_sparsity(final_sparsity, 'final_sparsity')
+  overrides = dict(overrides or {})
+  for pattern, value in overrides.items():
+    selection.check_sparsity(value, f'the sparsity override {pattern!r}')
+  masks_lib.overrides_by_leaf(prunable, prunable, overrides)  # Fails early on a bad pattern.
   if method not in GRADUAL_METHODS:
     raise ValueError(f'Gradual pruning scores by {", ".join(GRADUAL_METHODS)}; got {method!r}.')
   kwargs = dict(begin_step=begin_step, end_step=end_step, frequency=frequency)
@@ -38,13 +51,19 @@ def mask_updater(*, final_sparsity: float, begin_step: int, end_step: int, frequ
   def update(state):
     sparsity = schedules.polynomial_sparsity(state.step, final_sparsity=final_sparsity,
                                              initial_sparsity=initial_sparsity, **kwargs)
+    leaf_sparsity = {
+        pattern: schedules.polynomial_sparsity(state.step, final_sparsity=value,
+                                               initial_sparsity=min(initial_sparsity, value),
+                                               **kwargs)
+        for pattern, value in overrides.items()}
     score = scores.magnitude(state.params)
     if method == 'random':
       noise = scores.random(state.params, jax.random.PRNGKey(seed))
       # Already-pruned weights score 0 and go first; the rest in a fixed random order.
       score = jax.tree.map(lambda w, r, m: jax.numpy.where(m, 1.0 + r, 0.0), score, noise,
                            state.masks)
-    masks = selection.masks_from_scores(score, sparsity, scope=scope, prunable=prunable)
+    masks = selection.masks_from_scores(score, sparsity, scope=scope, prunable=prunable,
+                                        overrides=leaf_sparsity)
     return state.replace(params=masks_lib.apply_masks(state.params, masks), masks=masks,
                          opt_state=optimizer.prune_opt_state(state.tx, state.opt_state, masks))
 

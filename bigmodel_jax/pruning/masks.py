@@ -108,7 +108,7 @@ def sparsity_stats(params: Any, masks: Any, prunable: Any | None = None) -> dict
 
 
 def overrides_by_leaf(params: Any, prunable: Any,
-                      overrides: Mapping[str, float] | None) -> list[float | None]:
+                      overrides: Mapping[str, Any] | None) -> list[Any]:
   """For each leaf, the sparsity its matching override pattern sets, or None.
 
   Raises:
@@ -126,5 +126,5 @@ def overrides_by_leaf(params: Any, prunable: Any,
     for i in hits:
       if result[i] is not None:
         raise ConfigError(f'{paths[i]} matches two sparsity overrides; make them disjoint.')
-      result[i] = float(value)
+      result[i] = float(value) if isinstance(value, int | float) else value  # May be traced.
   return result

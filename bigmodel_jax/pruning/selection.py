@@ -93,7 +93,7 @@ def masks_from_scores(scores: Any, sparsity, *, scope: str = 'global', prunable:
       fraction.
     prunable: a tree of Python bools (`masks.prunable_tree`); default every leaf.
     overrides: {path pattern: sparsity}: matching leaves are pruned layer-wise at their own
-      sparsity and take no part in the global ranking.
+      sparsity (a Python float or a traced scalar) and take no part in the global ranking.
 
   Returns:
     A bool tree like `scores`; non-prunable leaves are all True. The number of pruned entries is
@@ -104,7 +104,8 @@ def masks_from_scores(scores: Any, sparsity, *, scope: str = 'global', prunable:
   if isinstance(sparsity, int | float):
     check_sparsity(sparsity)
   for value in (overrides or {}).values():
-    check_sparsity(value, 'a sparsity override')
+    if isinstance(value, int | float):  # Traced values (gradual pruning) are checked upstream.
+      check_sparsity(value, 'a sparsity override')
   leaves, treedef = jax.tree.flatten(scores)
   if prunable is None:
     prunable = jax.tree.unflatten(treedef, [True] * len(leaves))
