@@ -144,6 +144,12 @@ def validate_prune_config(config: ml_collections.ConfigDict) -> list[Variant]:
                         f'{"non-negative" if low == 0 else "positive"} integer.')
   if p.retrain_learning_rate <= 0:
     raise ConfigError(f'config.prune.retrain_learning_rate={p.retrain_learning_rate} must be > 0.')
+  if p.rewind_epoch >= 0 and p.schedule != 'iterative':
+    raise ConfigError(f'config.prune.rewind_epoch={p.rewind_epoch} rewinds between the rounds '
+                      f'of the iterative schedule; schedule {p.schedule!r} would ignore it.')
+  if (p.gradual_begin_step >= 0 or p.gradual_end_step >= 0) and p.schedule != 'gradual':
+    raise ConfigError('config.prune.gradual_begin_step / gradual_end_step set the ramp of the '
+                      f'gradual schedule; schedule {p.schedule!r} would ignore them.')
   if p.schedule == 'iterative':
     pruning.iterative_sparsities(0.5, p.rounds)
     if p.rewind_epoch > config.num_epochs:

@@ -141,6 +141,8 @@ def test_bad_prune_configs_are_refused(prune_config, tmp_path):
       ('include', ('*/weight',), 'matches no parameter'),
       ('overrides', 'Dense_0/kernel', 'PATTERN=SPARSITY'),
       ('dense_dir', str(tmp_path / 'nothing'), 'no finished dense run'),
+      ('rewind_epoch', 1, 'would ignore it'),  # The schedule is one_shot.
+      ('gradual_end_step', 10, 'would ignore them'),
   ]
   for key, value, message in cases:
     config = prune_config.copy_and_resolve_references()
