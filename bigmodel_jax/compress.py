@@ -453,10 +453,13 @@ def _run_one(ctx, dense_dir, dense_state, variant, sparsity, prunable) -> dict[s
       row['retrain_steps'] = p.retrain_steps
   else:
     rounds = p.rounds if p.schedule == 'iterative' else 1
-    targets = (pruning.iterative_sparsities(sparsity, rounds) if p.schedule == 'iterative'
-               else [sparsity])
-    # Per-layer overrides follow the same rounds: each removes the same fraction of what is left.
-    overrides = {pattern: pruning.iterative_sparsities(value, rounds) if rounds > 1 else [value]
+
+    def per_round(target):  # Each iterative round removes the same fraction of what is left.
+      return (pruning.iterative_sparsities(target, rounds) if p.schedule == 'iterative'
+              else [target])
+    targets = per_round(sparsity)
+    # Per-layer overrides follow the same rounds as the global target.
+    overrides = {pattern: per_round(value)
                  for pattern, value in parse_overrides(p.overrides).items()}
     rewind = None
     if p.schedule == 'iterative' and p.rewind_epoch >= 0:
