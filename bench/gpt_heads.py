@@ -40,14 +40,14 @@ def main():
   ckpt.close()
   head_dim = model.embed_dim // model.num_heads
   rng = np.random.default_rng(0)
-  calibration = [datasets.train.images[rng.integers(0, len(datasets.train), 16)]
+  calibration = [datasets.train.inputs[rng.integers(0, len(datasets.train), 16)]
                  for _ in range(8)]
   test = datasets.test
 
   def test_loss(model, params):
     loss = jax.jit(lambda p, x, y: jnp.mean(losses.cross_entropy(
         model.apply({'params': p}, x), y)))
-    return float(np.mean([loss(params, test.images[i:i + 96], test.labels[i:i + 96])
+    return float(np.mean([loss(params, test.inputs[i:i + 96], test.targets[i:i + 96])
                           for i in range(0, len(test) - 95, 96)]))
 
   scores = heads.head_scores(model.apply, params, calibration, head_dim=head_dim)
@@ -63,7 +63,7 @@ def main():
                                                 small_params),
                      ('random heads removed (control)', c_model, c_params)):
     fwd = jax.jit(lambda p, x, m=m: m.apply({'params': p}, x))
-    ms = [timing.median_ms(fwd, p, jnp.asarray(test.images[:b])) for b in (1, 12)]
+    ms = [timing.median_ms(fwd, p, jnp.asarray(test.inputs[:b])) for b in (1, 12)]
     count = sum(x.size for x in jax.tree.leaves(p))
     loss = f'{test_loss(m, p):.4f}'
     if m is c_model:

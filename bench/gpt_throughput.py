@@ -47,7 +47,7 @@ def _jax_block(config):
   k, b, t = config.steps_per_call, config.batch_size, config.data.seq_len
   rng = np.random.default_rng(0)
   windows = rng.integers(0, VOCAB, (k, b, t + 1)).astype(np.int32)
-  chunk = jax.device_put({'image': windows[..., :-1], 'label': windows[..., 1:]})
+  chunk = jax.device_put({'inputs': windows[..., :-1], 'targets': windows[..., 1:]})
   run = timing.donated_timer(jax.jit(train.train_steps, donate_argnums=0), state, chunk)
   return lambda: run(1) / k
 

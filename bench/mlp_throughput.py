@@ -83,8 +83,8 @@ def worker_jax_bare(epochs: int) -> dict:
   state = jax.jit(lambda s: train_state.create_train_state(
       s, model=model, tx=tx, input_shape=(28, 28, 1)))(0)
   rng = np.random.default_rng(0)
-  chunk = jax.device_put({'image': rng.normal(size=(100, 64, 28, 28, 1)).astype(np.float32),
-                          'label': rng.integers(0, 10, (100, 64)).astype(np.int32)})
+  chunk = jax.device_put({'inputs': rng.normal(size=(100, 64, 28, 28, 1)).astype(np.float32),
+                          'targets': rng.integers(0, 10, (100, 64)).astype(np.int32)})
   run = timing.donated_timer(jax.jit(train.train_steps, donate_argnums=0), state, chunk)
   rates = [900 * 64 / run(9) for _ in range(epochs)]
   return {'epoch_examples_per_s': rates, 'peak_rss_mib': _peak_rss_mib(),
@@ -98,8 +98,8 @@ def worker_torch(epochs: int, threads: int, flush_denormal: bool, loader: bool) 
   torch.set_flush_denormal(flush_denormal)
   torch.manual_seed(0)
   datasets = _load_fashion_mnist()
-  x = torch.from_numpy(datasets.train.images.reshape(len(datasets.train), -1))
-  y = torch.from_numpy(datasets.train.labels.astype(np.int64))
+  x = torch.from_numpy(datasets.train.inputs.reshape(len(datasets.train), -1))
+  y = torch.from_numpy(datasets.train.targets.astype(np.int64))
   model = torch.nn.Sequential(torch.nn.Linear(784, 512), torch.nn.ReLU(), torch.nn.Linear(512, 256),
                               torch.nn.ReLU(), torch.nn.Linear(256, 10))
   optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -128,8 +128,8 @@ def worker_torch(epochs: int, threads: int, flush_denormal: bool, loader: bool) 
       running += loss.item()
     rates.append(steps * batch / (time.perf_counter() - start))
   with torch.no_grad():
-    xt = torch.from_numpy(datasets.eval.images.reshape(len(datasets.eval), -1))
-    accuracy = (model(xt).argmax(-1).numpy() == datasets.eval.labels).mean()
+    xt = torch.from_numpy(datasets.eval.inputs.reshape(len(datasets.eval), -1))
+    accuracy = (model(xt).argmax(-1).numpy() == datasets.eval.targets).mean()
   return {'epoch_examples_per_s': rates, 'final_eval_accuracy': float(accuracy),
           'threads': torch.get_num_threads(), 'torch_version': torch.__version__,
           'peak_rss_mib': _peak_rss_mib()}
@@ -143,7 +143,7 @@ def worker_pipeline(epochs: int) -> dict:
     start, n = time.perf_counter(), 0
     for _, chunk in data.train_chunks(datasets.train, batch_size=64, steps_per_call=100, seed=0,
                                       epoch=epoch, shuffle=True):
-      n += chunk['label'].size
+      n += chunk['targets'].size
     rates.append(n / (time.perf_counter() - start))
   return {'epoch_examples_per_s': rates, 'peak_rss_mib': _peak_rss_mib()}
 

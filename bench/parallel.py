@@ -76,8 +76,8 @@ def _runner(layout: dict, global_batch: int):
   k = ARGS.steps_per_call
   rows = par.local_rows(global_batch)
   local = rows.stop - rows.start
-  chunk = {'image': rng.normal(size=(k, local, 784)).astype(np.float32),
-           'label': rng.integers(0, 10, (k, local)).astype(np.int32)}
+  chunk = {'inputs': rng.normal(size=(k, local, 784)).astype(np.float32),
+           'targets': rng.integers(0, 10, (k, local)).astype(np.int32)}
 
   def run() -> float:
     start = time.perf_counter()

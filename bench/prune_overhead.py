@@ -67,8 +67,8 @@ def _state(masked: bool, mask_gradients: bool = True, optimizer: str = 'adam'):
 def _block_timer(state, hook, calls: int):
   """A function that runs `calls` compiled 100-step calls and returns ms per step."""
   rng = np.random.default_rng(0)
-  chunk = jax.device_put({'image': rng.normal(size=(100, 64, 784)).astype(np.float32),
-                          'label': rng.integers(0, 10, (100, 64)).astype(np.int32)})
+  chunk = jax.device_put({'inputs': rng.normal(size=(100, 64, 784)).astype(np.float32),
+                          'targets': rng.integers(0, 10, (100, 64)).astype(np.int32)})
   step = jax.jit(lambda s, c: train.train_steps(s, c, before_step=hook), donate_argnums=0)
   run = timing.donated_timer(step, state, chunk)
   return lambda: run(calls) / (100 * calls) * 1e3

@@ -209,10 +209,10 @@ class _Context:
     self.steps_per_epoch = n_train // config.batch_size
     self.model = models.create_model(config.model, self.datasets.num_classes)
     self.loss = losses.LOSSES[config.loss]
-    self.input_shape = self.datasets.train.images.shape[1:]
+    self.input_shape = self.datasets.train.inputs.shape[1:]
     self.par = parallel.from_config(config)
     self.par.set_logical_axes(models.logical_axes(self.model, self.input_shape,
-                                                  self.datasets.train.images.dtype))
+                                                  self.datasets.train.inputs.dtype))
     self.eval_call = self.par.eval_call(loss_fn=self.loss)
     self.test_split = (self.datasets.test if self.datasets.test is not None
                        else self.datasets.eval)
@@ -225,7 +225,7 @@ class _Context:
     tx = pruning.masked(tx) if masked else tx
     return lambda: train_state.create_train_state(
         cfg.seed, model=self.model, tx=tx, input_shape=self.input_shape, masked=masked,
-        input_dtype=self.datasets.train.images.dtype)
+        input_dtype=self.datasets.train.inputs.dtype)
 
   def restore(self, run_dir: str, init, step: int | None = None) -> train_state.TrainState:
     """The state of the training workdir `run_dir` at `step` (default: its latest checkpoint)."""
@@ -261,7 +261,7 @@ class _Context:
     rng = np.random.default_rng(self.config.seed + 7919)
     train_split = self.datasets.train
     idx = rng.permutation(len(train_split))[:p.score_batches * p.score_batch_size]
-    return [{'image': train_split.images[chunk], 'label': train_split.labels[chunk]}
+    return [{'inputs': train_split.inputs[chunk], 'targets': train_split.targets[chunk]}
             for chunk in np.array_split(idx, max(1, len(idx) // p.score_batch_size))]
 
 
@@ -273,7 +273,7 @@ def _masks_for(ctx: _Context, variant: Variant, sparsity: float, params, prunabl
     (masks, neuron keep or None, params: SparseGPT's updated ones, else the given ones).
   """
   if variant.score in ONE_SHOT:
-    calibration = [b['image'] for b in ctx.score_batches()]
+    calibration = [b['inputs'] for b in ctx.score_batches()]
     target = ({'n': variant.n, 'm': variant.m} if variant.kind == 'nm'
               else {'sparsity': sparsity})
     params, masks = pruning.oneshot.prune(ctx.model.apply, params, calibration,
@@ -303,7 +303,7 @@ def _head_masks(ctx: _Context, variant: Variant, sparsity: float, params,
   """(masks, {block: bool [heads] kept}) removing `sparsity` of the heads of every block."""
   model = ctx.model  # A GPT or ViT (run() checked).
   head_dim = model.embed_dim // model.num_heads
-  calibration = [b['image'] for b in ctx.score_batches()]
+  calibration = [b['inputs'] for b in ctx.score_batches()]
   scores = pruning.heads.head_scores(model.apply, params, calibration, head_dim=head_dim)
   if variant.score == 'random':
     rng = np.random.default_rng(ctx.config.seed + 1)
@@ -380,13 +380,13 @@ def _export(ctx, directory, params, masks, prunable) -> dict[str, Any]:
   os.makedirs(directory, exist_ok=True)
   params, masks = ctx.par.to_host((params, masks))
   out = {}
-  reference = ctx.model.apply({'params': params}, ctx.test_split.images[:1000])
+  reference = ctx.model.apply({'params': params}, ctx.test_split.inputs[:1000])
   for quantize in ctx.config.prune.export_formats:
     path = os.path.join(directory, f'model-{"float32" if quantize == "none" else quantize}.npz')
     sizes = pruning.save_compact(path, params, masks, prunable, quantize=quantize)
     loaded, _ = pruning.load_compact(path)
     loaded = jax.tree.map(jnp.asarray, loaded)
-    logits = ctx.model.apply({'params': loaded}, ctx.test_split.images[:1000])
+    logits = ctx.model.apply({'params': loaded}, ctx.test_split.inputs[:1000])
     out[quantize] = {
         'path': os.path.relpath(path, ctx.workdir), 'bytes': sizes['file_bytes'],
         'dense_float32_bytes': sizes['dense_float32_bytes'],
@@ -406,13 +406,13 @@ def _latency(ctx, variant, dense_params, keep, params) -> dict[str, Any]:
     small_model, small_params = pruning.shrink_mlp(ctx.model, params, keep)
     result = {'hidden_sizes': list(small_model.hidden_sizes)}
   for batch in (1, 256):
-    x = jnp.asarray(np.resize(ctx.test_split.images[:batch], (batch, *ctx.input_shape)))
+    x = jnp.asarray(np.resize(ctx.test_split.inputs[:batch], (batch, *ctx.input_shape)))
     dense_ms = timing.median_ms(jax.jit(ctx.model.apply), {'params': dense_params}, x)
     small_ms = timing.median_ms(jax.jit(small_model.apply), {'params': small_params}, x)
     result[f'batch_{batch}'] = {'dense_ms': dense_ms, 'shrunk_ms': small_ms,
                                 'speedup': dense_ms / small_ms}
-  logits = small_model.apply({'params': small_params}, ctx.test_split.images[:1000])
-  masked_logits = ctx.model.apply({'params': params}, ctx.test_split.images[:1000])
+  logits = small_model.apply({'params': small_params}, ctx.test_split.inputs[:1000])
+  masked_logits = ctx.model.apply({'params': params}, ctx.test_split.inputs[:1000])
   result['max_abs_logit_diff_vs_masked'] = float(jnp.max(jnp.abs(logits - masked_logits)))
   return result
 

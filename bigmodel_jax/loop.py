@@ -124,8 +124,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   num_epochs = -(-total_steps // steps_per_epoch)
 
   model = models.create_model(config.model, datasets.num_classes)
-  par.set_logical_axes(models.logical_axes(model, datasets.train.images.shape[1:],
-                                           datasets.train.images.dtype))
+  par.set_logical_axes(models.logical_axes(model, datasets.train.inputs.shape[1:],
+                                           datasets.train.inputs.dtype))
   tx, schedule = optim.create_optimizer(config.optimizer, steps_per_epoch, total_steps)
   if masked:
     # Masking the updates keeps pruned weights at zero; the gradients need masking too only
@@ -134,8 +134,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   loss_fn = losses.LOSSES[config.loss]  # Evaluation's; training's may be label-smoothed.
   train_loss_fn = losses.train_loss(config.loss, config.label_smoothing)
   init = functools.partial(train_state.create_train_state, model=model, tx=tx,
-                           input_shape=datasets.train.images.shape[1:], masked=masked,
-                           input_dtype=datasets.train.images.dtype)
+                           input_shape=datasets.train.inputs.shape[1:], masked=masked,
+                           input_dtype=datasets.train.inputs.dtype)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'),
                                  max_to_keep=config.checkpoint_max_to_keep,
                                  async_save=config.checkpoint_async, keep_steps=keep_steps)
@@ -241,7 +241,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       while upcoming is not None and step < epoch_end:
         _, chunk = upcoming
         chunk = _trim(chunk, epoch_end - step)
-        k = len(chunk['label'])
+        k = len(chunk['targets'])
         if profiled_steps is None and config.profile_steps > 0 and jax.process_index() == 0:
           jax.profiler.start_trace(profile_dir)
           profiled_steps = 0

@@ -3,7 +3,7 @@
 Research code uses them under its own `jax.jit`:
 
     step = jax.jit(train.train_step, donate_argnums=0)
-    state, metrics = step(state, batch)  # batch: {'image': [b, ...], 'label': [b]}
+    state, metrics = step(state, batch)  # batch: {'inputs': [b, ...], 'targets': [b]}
 """
 
 from collections.abc import Callable
@@ -29,7 +29,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *,
   Args:
     state: the training state. With `state.masks` set, the masks go to the optimizer
       (`tx.update(..., masks=...)`), which keeps pruned weights at zero.
-    batch: {'image': [batch, ...], 'label': [batch] int}.
+    batch: {'inputs': [batch, ...], 'targets': [batch] int}.
     loss_fn: per-example loss (logits, labels) -> [batch].
     before_step: optional pure function applied to the state first (gradual pruning uses it to
       update masks on schedule inside the compiled step).
@@ -47,12 +47,12 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *,
     dropout_key = jax.random.fold_in(dropout_key, jax.lax.axis_index(axis_name))
 
   def loss_of(params):
-    logits = state.apply_fn({'params': params}, batch['image'], train=True,
+    logits = state.apply_fn({'params': params}, batch['inputs'], train=True,
                             rngs={'dropout': dropout_key})
-    return jnp.mean(loss_fn(logits, batch['label'])), logits
+    return jnp.mean(loss_fn(logits, batch['targets'])), logits
 
   (loss, logits), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
-  accuracy = jnp.mean(losses.correct(logits, batch['label']))
+  accuracy = jnp.mean(losses.correct(logits, batch['targets']))
   if axis_name is not None:
     # pmap hands each device the unmapped params and returns its local gradient: average them.
     # (Inside jax.shard_map the rule differs: there gradients of replicated params arrive summed.)
@@ -68,7 +68,7 @@ def train_steps(state: TrainState, batches: dict[str, jax.Array], *,
                 loss_fn: LossFn = losses.cross_entropy,
                 before_step: StateHook | None = None,
                 axis_name: str | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
-  """`train_step` over a stack of batches ({'image': [k, batch, ...], 'label': [k, batch]}).
+  """`train_step` over a stack of batches ({'inputs': [k, batch, ...], 'targets': [k, batch]}).
 
   One compiled call runs k steps with `lax.scan`, which removes k-1 dispatches from the Python
   loop. Returns the final state and per-step metrics [k].
@@ -88,13 +88,13 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *,
   Returns:
     {'loss_sum', 'correct_sum', 'count'}: divide the first two by 'count' after summing batches.
   """
-  logits = state.apply_fn({'params': state.params}, batch['image'], train=False)
-  mask = batch.get('mask', jnp.ones(batch['label'].shape, jnp.float32))
+  logits = state.apply_fn({'params': state.params}, batch['inputs'], train=False)
+  mask = batch.get('mask', jnp.ones(batch['targets'].shape, jnp.float32))
   # Per example: sequence models score every position, averaged within the example.
   per_example = lambda x: jnp.mean(x.reshape(x.shape[0], -1), axis=1)
   sums = {
-      'loss_sum': jnp.sum(per_example(loss_fn(logits, batch['label'])) * mask),
-      'correct_sum': jnp.sum(per_example(losses.correct(logits, batch['label'])) * mask),
+      'loss_sum': jnp.sum(per_example(loss_fn(logits, batch['targets'])) * mask),
+      'correct_sum': jnp.sum(per_example(losses.correct(logits, batch['targets'])) * mask),
       'count': jnp.sum(mask),
   }
   return sums if axis_name is None else jax.lax.psum(sums, axis_name)

@@ -17,8 +17,8 @@ def _state(hidden=(16,), tx=None):
 
 def _batch(seed=0, n=8):
   rng = np.random.default_rng(seed)
-  return {'image': rng.normal(size=(n, 28, 28, 1)).astype(np.float32),
-          'label': rng.integers(0, 10, n).astype(np.int32)}
+  return {'inputs': rng.normal(size=(n, 28, 28, 1)).astype(np.float32),
+          'targets': rng.integers(0, 10, n).astype(np.int32)}
 
 
 @pytest.mark.parametrize('async_save', [False, True])

@@ -54,24 +54,24 @@ def test_missing_idx_folder_is_a_clear_error(tmp_path):
 
 def test_builder_prepares_and_loads_the_generated_set(idx_dir, tfds_dir):
   datasets = data.load_datasets(_data_config(idx_dir, tfds_dir))
-  assert datasets.train.images.shape == (600, 28, 28, 1)
-  assert datasets.train.images.dtype == np.float32
-  assert datasets.eval.labels.shape == (200,) and datasets.eval.labels.dtype == np.int32
+  assert datasets.train.inputs.shape == (600, 28, 28, 1)
+  assert datasets.train.inputs.dtype == np.float32
+  assert datasets.eval.targets.shape == (200,) and datasets.eval.targets.dtype == np.int32
   assert datasets.test is None and datasets.num_classes == 10
   # Normalised with the train set's statistics.
-  assert abs(datasets.train.images.mean()) < 1e-4
-  assert datasets.train.images.std() == pytest.approx(1.0, rel=1e-3)
+  assert abs(datasets.train.inputs.mean()) < 1e-4
+  assert datasets.train.inputs.std() == pytest.approx(1.0, rel=1e-3)
   # Same examples as the files, in some order (TFDS orders by key hash).
   images, labels = make_images(600, seed=1)
-  assert np.bincount(datasets.train.labels, minlength=10).tolist() == np.bincount(
+  assert np.bincount(datasets.train.targets, minlength=10).tolist() == np.bincount(
       labels, minlength=10).tolist()
-  raw = np.round((datasets.train.images * datasets.std + datasets.mean) * 255).astype(np.uint8)
+  raw = np.round((datasets.train.inputs * datasets.std + datasets.mean) * 255).astype(np.uint8)
   assert sorted(map(bytes, raw[..., 0])) == sorted(map(bytes, images))
 
 
 def test_scaling_without_normalisation(idx_dir, tfds_dir):
   datasets = data.load_datasets(_data_config(idx_dir, tfds_dir, normalize=False))
-  assert datasets.train.images.min() >= 0 and datasets.train.images.max() <= 1
+  assert datasets.train.inputs.min() >= 0 and datasets.train.inputs.max() <= 1
   assert (datasets.mean, datasets.std) == (0.0, 1.0)
 
 
@@ -87,8 +87,8 @@ def test_tfds_catalog_source_with_mock_data(tmp_path):
   config = _data_config('', str(tmp_path), source='tfds', name='mnist')
   with tfds.testing.mock_data(num_examples=40):
     datasets = data.load_datasets(config)
-  assert datasets.train.images.shape == (40, 28, 28, 1)
-  assert set(np.unique(datasets.train.labels)) <= set(range(10))
+  assert datasets.train.inputs.shape == (40, 28, 28, 1)
+  assert set(np.unique(datasets.train.targets)) <= set(range(10))
 
 
 def test_epoch_permutation_is_a_function_of_seed_and_epoch():
@@ -111,20 +111,20 @@ def test_train_chunks_cover_an_epoch_and_resume_on_the_same_boundaries():
   kwargs = dict(batch_size=10, steps_per_call=4, seed=0, epoch=1, shuffle=True)
   chunks = list(data.train_chunks(split, **kwargs))
   assert [s for s, _ in chunks] == [0, 4, 8]
-  assert [c['label'].shape for _, c in chunks] == [(4, 10), (4, 10), (2, 10)]
-  seen = np.concatenate([c['label'].ravel() for _, c in chunks])
+  assert [c['targets'].shape for _, c in chunks] == [(4, 10), (4, 10), (2, 10)]
+  seen = np.concatenate([c['targets'].ravel() for _, c in chunks])
   assert len(set(seen)) == 100  # 10 full batches, the last 3 examples dropped.
-  np.testing.assert_array_equal(chunks[0][1]['image'][..., 0, 0, 0], chunks[0][1]['label'])
+  np.testing.assert_array_equal(chunks[0][1]['inputs'][..., 0, 0, 0], chunks[0][1]['targets'])
   resumed = list(data.train_chunks(split, start_step=4, **kwargs))
   assert [s for s, _ in resumed] == [4, 8]
-  np.testing.assert_array_equal(resumed[0][1]['label'], chunks[1][1]['label'])
+  np.testing.assert_array_equal(resumed[0][1]['targets'], chunks[1][1]['targets'])
 
 
 def test_eval_batches_pad_and_mask_every_example_once():
   batches = list(data.eval_batches(_split(25), batch_size=10))
-  assert [b['label'].shape for b in batches] == [(10,)] * 3
+  assert [b['targets'].shape for b in batches] == [(10,)] * 3
   mask = np.concatenate([b['mask'] for b in batches])
-  labels = np.concatenate([b['label'] for b in batches])
+  labels = np.concatenate([b['targets'] for b in batches])
   assert mask.sum() == 25
   np.testing.assert_array_equal(labels[mask == 1], np.arange(25))
 

@@ -94,10 +94,10 @@ def test_host_rows_of_a_global_batch():
   half = list(data.train_chunks(split, batch_size=8, steps_per_call=2, seed=0, epoch=0,
                                 shuffle=True, rows=slice(4, 8)))
   for (_, a), (_, b) in zip(whole, half, strict=True):
-    np.testing.assert_array_equal(a['label'][:, 4:8], b['label'])
+    np.testing.assert_array_equal(a['targets'][:, 4:8], b['targets'])
   evals = list(data.eval_batches(split, 16, rows=slice(8, 16)))
   assert [b['mask'].sum() for b in evals] == [8, 8, 0]  # 40 = 16 + 16 + 8 (rows 0-7 of the last).
-  np.testing.assert_array_equal(evals[0]['label'], np.arange(8, 16))
+  np.testing.assert_array_equal(evals[0]['targets'], np.arange(8, 16))
 
 
 @pytest.fixture(scope='module')

@@ -20,8 +20,8 @@ def mlp():
 
 def _batches(n=3, size=32, seed=0):
   rng = np.random.default_rng(seed)
-  return [{'image': rng.normal(size=(size, 64)).astype(np.float32),
-           'label': rng.integers(0, 10, size)} for _ in range(n)]
+  return [{'inputs': rng.normal(size=(size, 64)).astype(np.float32),
+           'targets': rng.integers(0, 10, size)} for _ in range(n)]
 
 
 def _pruned_count(masks, params=None):

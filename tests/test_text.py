@@ -69,8 +69,8 @@ def test_the_builder_prepares_offline_and_splits_into_windows(text_dir, tfds_dir
   assert datasets.num_classes == len(set(raw))
   n_train = int(len(raw) * 0.9)
   assert len(datasets.train) == n_train - 16
-  assert datasets.train.images.shape[1:] == (16,) and datasets.train.images.dtype == np.int32
-  assert datasets.vocab.decode(datasets.train.images[0]) == raw[:16].decode()
+  assert datasets.train.inputs.shape[1:] == (16,) and datasets.train.inputs.dtype == np.int32
+  assert datasets.vocab.decode(datasets.train.inputs[0]) == raw[:16].decode()
   assert len(datasets.eval) == (int((len(raw) - n_train) * 0.5) - 1) // 16
 
 

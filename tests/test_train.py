@@ -18,7 +18,7 @@ def _batches(k, n=16, seed=0):
   labels = rng.integers(0, 10, (k, n)).astype(np.int32)
   images = rng.normal(size=(k, n, 28, 28, 1)).astype(np.float32)
   images[..., :10, :1, 0] += labels[..., None, None]  # Learnable signal.
-  return {'image': images, 'label': labels}
+  return {'inputs': images, 'targets': labels}
 
 
 def test_train_step_learns_and_counts_steps():
@@ -65,8 +65,8 @@ def test_eval_step_ignores_padding():
   state = _state()
   batch = jax.tree.map(lambda x: x[0], _batches(1, n=8))
   full = train.eval_step(state, batch)
-  padded = {'image': jnp.concatenate([batch['image'], jnp.ones_like(batch['image'])]),
-            'label': jnp.concatenate([batch['label'], batch['label']]),
+  padded = {'inputs': jnp.concatenate([batch['inputs'], jnp.ones_like(batch['inputs'])]),
+            'targets': jnp.concatenate([batch['targets'], batch['targets']]),
             'mask': jnp.concatenate([jnp.ones(8), jnp.zeros(8)])}
   masked = train.eval_step(state, padded)
   assert float(masked['count']) == 8

@@ -29,14 +29,15 @@ SOURCES = ('idx', 'tfds')
 class Split:
   """One split, preprocessed: inputs and targets, indexed by example.
 
-  For images: `images` [n, height, width, channels] float32 and `labels` [n] int32. For text:
-  `images` are token windows [n, seq_len] int32 and `labels` the next tokens [n, seq_len].
+  For images: `inputs` [n, height, width, channels] float32 and `targets` [n] int32 class labels.
+  For text: `inputs` are token windows [n, seq_len] int32 and `targets` the next tokens
+  [n, seq_len].
   """
-  images: np.ndarray
-  labels: np.ndarray
+  inputs: np.ndarray
+  targets: np.ndarray
 
   def __len__(self) -> int:
-    return len(self.labels)
+    return len(self.targets)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,8 +131,8 @@ def load_text_datasets(data_config: ml_collections.ConfigDict) -> Datasets:
                                                        overlapping=overlapping))
   eval_split = make('validation', False)
   if data_config.max_eval_examples > 0:
-    eval_split = Split(eval_split.images[:data_config.max_eval_examples],
-                       eval_split.labels[:data_config.max_eval_examples])
+    eval_split = Split(eval_split.inputs[:data_config.max_eval_examples],
+                       eval_split.targets[:data_config.max_eval_examples])
   return Datasets(train=make('train', True), eval=eval_split, test=make('test', False),
                   num_classes=len(vocab), mean=0.0, std=1.0, vocab=vocab)
 
@@ -186,8 +187,8 @@ def train_chunks(split: Split, *, batch_size: int, steps_per_call: int, seed: in
   only those rows of every global batch are gathered, so each host reads just its share while
   all hosts agree on the global order.
 
-  A chunk stacks up to `steps_per_call` consecutive batches: {'image': [k, batch, h, w, c],
-  'label': [k, batch]}. Chunks end at multiples of `steps_per_call` and at the epoch's end, so a
+  A chunk stacks up to `steps_per_call` consecutive batches: {'inputs': [k, batch, h, w, c],
+  'targets': [k, batch]}. Chunks end at multiples of `steps_per_call` and at the epoch's end, so a
   run resumed at a chunk boundary sees exactly the chunks of an uninterrupted run. The last
   partial batch of an epoch is dropped.
   """
@@ -198,7 +199,7 @@ def train_chunks(split: Split, *, batch_size: int, steps_per_call: int, seed: in
   while step < steps:
     k = min(steps_per_call - step % steps_per_call, steps - step)
     take = order[step * batch_size:(step + k) * batch_size].reshape(k, batch_size)[:, rows]
-    yield step, {'image': split.images[take], 'label': split.labels[take]}
+    yield step, {'inputs': split.inputs[take], 'targets': split.targets[take]}
     step += k
 
 
@@ -212,5 +213,5 @@ def eval_batches(split: Split, batch_size: int,
     index = np.arange(start, start + batch_size)[rows]
     valid = index < n
     index = np.where(valid, index, 0)
-    yield {'image': split.images[index], 'label': split.labels[index],
+    yield {'inputs': split.inputs[index], 'targets': split.targets[index],
            'mask': valid.astype(np.float32)}

@@ -30,10 +30,10 @@ BatchLoss = Callable[[Any, dict[str, jax.Array]], jax.Array]
 
 def batch_loss_fn(apply_fn: Callable[..., jax.Array],
                   loss=losses.cross_entropy) -> BatchLoss:
-  """(params, batch) -> mean loss of the model on batch {'image', 'label'} (no dropout)."""
+  """(params, batch) -> mean loss of the model on batch {'inputs', 'targets'} (no dropout)."""
   def loss_fn(params, batch):
-    logits = apply_fn({'params': params}, batch['image'], train=False)
-    return jnp.mean(loss(logits, batch['label']))
+    logits = apply_fn({'params': params}, batch['inputs'], train=False)
+    return jnp.mean(loss(logits, batch['targets']))
   return loss_fn
 
 
@@ -72,7 +72,7 @@ def _per_example_sq_grads(loss_fn: BatchLoss, micro_batch: int):
     return jax.grad(loss_fn)(params, single)
 
   def fn(params, batch):
-    n = batch['label'].shape[0]
+    n = batch['targets'].shape[0]
     size = min(micro_batch, n)
     usable = n - n % size
     micro = jax.tree.map(lambda x: x[:usable].reshape(usable // size, size, *x.shape[1:]), batch)
