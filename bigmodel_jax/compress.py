@@ -35,7 +35,6 @@ import numpy as np
 
 from bigmodel_jax import (
   checkpoint,
-  config_checks,
   data,
   loop,
   losses,
@@ -48,6 +47,7 @@ from bigmodel_jax import (
   timing,
   train_state,
 )
+from bigmodel_jax import config as config_lib
 from bigmodel_jax.errors import ConfigError
 from bigmodel_jax.pruning import gradual, selection
 
@@ -503,7 +503,7 @@ def _run_one(ctx, dense_dir, dense_state, variant, sparsity, prunable) -> dict[s
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Runs the whole workflow of `config.prune` in `workdir` (resuming); returns results.json."""
-  config_checks.validate_config(config)
+  config_lib.validate(config)
   variants = validate_prune_config(config)
   p = config.prune
   workdir = os.path.abspath(workdir)

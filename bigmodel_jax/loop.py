@@ -21,7 +21,6 @@ from absl import logging
 
 from bigmodel_jax import (
   checkpoint,
-  config_checks,
   data,
   losses,
   metrics,
@@ -33,6 +32,7 @@ from bigmodel_jax import (
   train,
   train_state,
 )
+from bigmodel_jax import config as config_lib
 from bigmodel_jax.errors import ConfigError, NonFiniteLossError
 
 
@@ -106,7 +106,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     The results written to WORKDIR/results.json.
   """
   session_start = time.monotonic()
-  config_checks.validate_config(config)
+  config_lib.validate(config)
   par = parallel.from_config(config)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)

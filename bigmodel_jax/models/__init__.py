@@ -56,7 +56,7 @@ def logical_axes(model: nn.Module, input_shape: tuple[int, ...], input_dtype=jnp
 
 
 def create_model(model_config: ml_collections.ConfigDict, num_outputs: int) -> nn.Module:
-  """Builds the model named by `model_config.name` (validated by config_checks)."""
+  """Builds the model named by `model_config.name` (validated by bigmodel_jax.config)."""
   return MODELS[model_config.name](model_config, num_outputs)
 
 

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from bigmodel_jax.config_checks import validate_config
+from bigmodel_jax.config import validate
 from bigmodel_jax.errors import ConfigError
 from configs import default
 from tests.conftest import REPO_ROOT
@@ -17,7 +17,7 @@ CONFIG_FILES = sorted(glob.glob(os.path.join(REPO_ROOT, 'configs', '*.py')))
 def test_every_config_file_is_valid(path):
   module = importlib.import_module(f'configs.{os.path.basename(path)[:-3]}')
   config = module.get_config()
-  validate_config(config)
+  validate(config)
   assert module.__doc__ and 'launch.py' in module.__doc__  # Each config says how to run it.
 
 
@@ -57,17 +57,17 @@ def test_bad_values_name_the_key_and_what_is_accepted(key, value, message):
     node = node[p]
   node[leaf] = value
   with pytest.raises(ConfigError, match=message):
-    validate_config(config)
+    validate(config)
 
 
 def test_num_train_steps_replaces_epochs():
   config = default.get_config()
   config.num_epochs, config.num_train_steps = 0, 10
-  validate_config(config)
+  validate(config)
 
 
 def test_label_smoothing_needs_cross_entropy():
   config = default.get_config()
   config.loss, config.label_smoothing = 'mse', 0.1
   with pytest.raises(ConfigError, match="needs config.loss='cross_entropy'"):
-    validate_config(config)
+    validate(config)

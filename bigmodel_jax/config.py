@@ -1,4 +1,4 @@
-"""Validation of a whole config before any compute: one clear sentence per problem."""
+"""Validation of a whole config before any compute, in one place: one clear sentence per problem."""
 
 from collections.abc import Iterable
 
@@ -28,7 +28,7 @@ def _non_negative(key: str, value) -> None:
   _check(key, value, value >= 0, '>= 0')
 
 
-def validate_config(config: ml_collections.ConfigDict) -> None:
+def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError naming the first key whose value cannot work, and what is accepted."""
   d = config.data
   _one_of('data.name', d.name, data.DATASETS)
@@ -92,3 +92,6 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   for key in ('early_stopping_patience', 'early_stopping_min_delta', 'checkpoint_every_steps',
               'profile_steps'):
     _non_negative(key, config[key])
+
+
+# --- config.parallelism --------------------------------------------------------------------------
