@@ -9,7 +9,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from bigmodel_jax import compress, errors, loop, parallel
+from bigmodel_jax import compress, errors, parallel, training
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Folder for checkpoints, logs and results; re-use to resume.')
@@ -26,7 +26,7 @@ def main(argv):
     if FLAGS.config.prune.enabled:
       compress.run(FLAGS.config, FLAGS.workdir)
     else:
-      loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+      training.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except (errors.ConfigError, errors.DataError, errors.CheckpointMismatchError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)

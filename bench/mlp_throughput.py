@@ -59,12 +59,12 @@ def _load_fashion_mnist():
 
 
 def worker_jax(epochs: int, steps_per_call: int) -> dict:
-  from bigmodel_jax import loop
+  from bigmodel_jax import training
   from configs import fashion_mnist_mlp
   config = fashion_mnist_mlp.get_config()
   config.num_epochs, config.steps_per_call, config.write_plot = epochs, steps_per_call, False
   with tempfile.TemporaryDirectory() as workdir:
-    results = loop.train_and_evaluate(config, workdir)
+    results = training.train_and_evaluate(config, workdir)
   rates = [h['examples_per_s'] for h in results['history']]
   return {'epoch_examples_per_s': rates, 'compile_s': results['compile_time_s'],
           'final_eval_accuracy': results['final_eval_accuracy'], 'peak_rss_mib': _peak_rss_mib()}

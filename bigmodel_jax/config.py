@@ -1,5 +1,6 @@
 """Validation of a whole config before any compute, in one place: one clear sentence per problem."""
 
+import dataclasses
 from collections.abc import Iterable
 
 import ml_collections
@@ -7,6 +8,7 @@ import ml_collections
 from bigmodel_jax import data, losses, models, optim
 from bigmodel_jax.errors import ConfigError
 from bigmodel_jax.models import common
+from bigmodel_jax.pruning import export, methods, schedules, selection
 
 
 def _one_of(key: str, value, accepted: Iterable[str]) -> None:
@@ -28,8 +30,19 @@ def _non_negative(key: str, value) -> None:
   _check(key, value, value >= 0, '>= 0')
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-  """Raises ConfigError naming the first key whose value cannot work, and what is accepted."""
+def validate(config: ml_collections.ConfigDict, *, prune: bool | None = None) -> None:
+  """Raises ConfigError naming the first key whose value cannot work, and what is accepted.
+
+  Args:
+    config: a whole config (configs/default.py).
+    prune: also check the `prune` section; default: when `config.prune.enabled`.
+  """
+  _validate_training(config)
+  if config.prune.enabled if prune is None else prune:
+    variants(config)
+
+
+def _validate_training(config: ml_collections.ConfigDict) -> None:
   d = config.data
   _one_of('data.name', d.name, data.DATASETS)
   _one_of('data.source', d.source, data.SOURCES)
@@ -92,6 +105,173 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for key in ('early_stopping_patience', 'early_stopping_min_delta', 'checkpoint_every_steps',
               'profile_steps'):
     _non_negative(key, config[key])
+
+
+
+@dataclasses.dataclass(frozen=True)
+class Steps:
+  """A run's length, resolved once from `num_train_steps` or `num_epochs`."""
+  per_epoch: int
+  total: int
+  epochs: int  # Epochs begun, the last one possibly partial.
+
+
+def resolve_steps(config: ml_collections.ConfigDict, num_train_examples: int) -> Steps:
+  """Steps per epoch (full batches), total steps and epochs of a run of `config`."""
+  if config.batch_size > num_train_examples:
+    raise ConfigError(f'config.batch_size={config.batch_size} is larger than the '
+                      f'{num_train_examples} training examples; use a smaller batch.')
+  per_epoch = num_train_examples // config.batch_size
+  total = (config.num_train_steps if config.num_train_steps > 0
+           else config.num_epochs * per_epoch)
+  return Steps(per_epoch=per_epoch, total=total, epochs=-(-total // per_epoch))
+
+
+# --- config.prune ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+  """A parsed '<method>/<kind>' string of `prune.variants`."""
+  name: str
+  score: str  # A name of the registry `pruning.methods.METHODS`.
+  kind: str  # 'global' | 'layerwise' | 'neuron' | 'heads' | 'nm'
+  n: int = 0
+  m: int = 0
+
+  @property
+  def method(self) -> methods.Method:
+    return methods.METHODS[self.score]
+
+  @property
+  def slug(self) -> str:
+    return self.name.replace('/', '-').replace(':', 'of')
+
+
+def parse_variant(name: str) -> Variant:
+  """'magnitude/global' -> Variant; raises ConfigError on anything else."""
+  parts = name.split('/')
+  if len(parts) != 2 or parts[0] not in methods.METHODS:
+    raise ConfigError(f'prune.variants: {name!r} is not <score>/<kind> with score one of '
+                      f'{", ".join(methods.METHODS)} (e.g. magnitude/global, saliency/layerwise, '
+                      'magnitude/neuron, magnitude/heads, magnitude/2:4, sparsegpt/layerwise).')
+  score, kind = parts
+  method = methods.METHODS[score]
+  n = m = 0
+  if ':' in kind:
+    try:
+      n, m = (int(v) for v in kind.split(':'))
+    except ValueError:
+      raise ConfigError(f'prune.variants: {name!r} has an N:M part that is not two '
+                        'integers.') from None
+    selection.check_nm(n, m)
+    kind = 'nm'
+  elif kind not in methods.KINDS:
+    raise ConfigError(f'prune.variants: {name!r} has kind {kind!r}; use global, layerwise, '
+                      'neuron, heads or N:M such as 2:4.')
+  if kind not in method.kinds:
+    if method.layer_rule:
+      why = (f'{score} prunes layer by layer; use {score}/layerwise or an N:M kind such as '
+             f'{score}/2:4.')
+    elif kind == 'heads':
+      why = (f'attention heads are scored by {" or ".join(methods.supporting(kind="heads"))} '
+             '(magnitude = the norm of what a head adds to the residual stream on calibration '
+             'batches; random = the control).')
+    else:
+      why = f'{score} supports the kinds {", ".join(method.kinds)}.'
+    raise ConfigError(f'prune.variants: {name!r}: {why}')
+  return Variant(name, score, kind, n, m)
+
+
+def parse_overrides(text: str) -> dict[str, float]:
+  """'Dense_2/kernel=0.5,Dense_0/*=0.95' -> {pattern: sparsity}."""
+  result = {}
+  for item in filter(None, (s.strip() for s in text.split(','))):
+    pattern, sep, value = item.partition('=')
+    try:
+      result[pattern.strip()] = float(value)
+    except ValueError:
+      sep = ''
+    if not sep:
+      raise ConfigError(f'prune.overrides: {item!r} is not PATTERN=SPARSITY.')
+    selection.check_sparsity(result[pattern.strip()], f'prune.overrides[{pattern.strip()!r}]')
+  return result
+
+
+def variants(config: ml_collections.ConfigDict) -> list[Variant]:
+  """Checks the `prune` section of `config`; returns its parsed variants."""
+  p = config.prune
+  _one_of('prune.schedule', p.schedule, schedules.SCHEDULES)
+  parsed = [parse_variant(v) for v in p.variants]
+  if not parsed:
+    raise ConfigError('config.prune.variants is empty: name at least one, e.g. magnitude/global.')
+  if not p.sparsities:
+    raise ConfigError('config.prune.sparsities is empty: give at least one, e.g. (0.9,).')
+  for s in p.sparsities:
+    selection.check_sparsity(s, 'config.prune.sparsities entry')
+  for key in ('retrain_epochs', 'retrain_steps'):
+    _check(f'prune.{key}', p[key], isinstance(p[key], int) and p[key] >= 0,
+           'a non-negative integer')
+  for key in ('score_batches', 'score_batch_size', 'gradual_every_steps'):
+    _positive_int(f'prune.{key}', p[key])
+  _check('prune.retrain_learning_rate', p.retrain_learning_rate, p.retrain_learning_rate > 0,
+         '> 0')
+  for q in p.export_formats:
+    _one_of('prune.export_formats entry', q, export.QUANTIZE)
+  for v in parsed:
+    if p.schedule not in v.method.schedules:
+      raise ConfigError(f'prune.variants: {v.name!r} runs with prune.schedule '
+                        f'{" or ".join(map(repr, v.method.schedules))}, not {p.schedule!r}.')
+  if parse_overrides(p.overrides):
+    for v in parsed:
+      if v.kind not in ('global', 'layerwise') or v.method.score is None:
+        raise ConfigError(f'prune.overrides sets per-layer sparsities of unstructured '
+                          f'{"|".join(methods.supporting(kind="global"))} global|layerwise '
+                          f'variants; {v.name!r} would ignore it. Drop the variant or the '
+                          'overrides.')
+  _check_prune_schedule(config, parsed)
+  return parsed
+
+
+def _check_prune_schedule(config: ml_collections.ConfigDict, parsed: list[Variant]) -> None:
+  p = config.prune
+  if p.rewind_epoch >= 0 and p.schedule != 'iterative':
+    raise ConfigError(f'config.prune.rewind_epoch={p.rewind_epoch} rewinds between the rounds '
+                      f'of the iterative schedule; schedule {p.schedule!r} would ignore it.')
+  if (p.gradual_begin_step >= 0 or p.gradual_end_step >= 0) and p.schedule != 'gradual':
+    raise ConfigError('config.prune.gradual_begin_step / gradual_end_step set the ramp of the '
+                      f'gradual schedule; schedule {p.schedule!r} would ignore them.')
+  if p.schedule != 'one_shot' and p.retrain_epochs == 0 and p.retrain_steps == 0:
+    raise ConfigError(f'Schedule {p.schedule!r} needs prune.retrain_epochs (or retrain_steps) '
+                      '> 0.')
+  if p.schedule == 'iterative':
+    schedules.iterative_sparsities(0.5, p.rounds)
+    if p.rewind_epoch > config.num_epochs:
+      raise ConfigError(f'config.prune.rewind_epoch={p.rewind_epoch} is after the dense run\'s '
+                        f'{config.num_epochs} epochs.')
+  if p.schedule != 'gradual':
+    return
+  for v in parsed:
+    if v.kind not in ('global', 'layerwise'):
+      raise ConfigError(f'Gradual pruning supports '
+                        f'{"|".join(methods.supporting(schedule="gradual"))} with '
+                        f'global|layerwise; {v.name!r} is not one of them.')
+  if p.gradual_begin_step >= 0 or p.gradual_end_step >= 0:
+    if p.retrain_steps == 0:
+      raise ConfigError('prune.gradual_begin_step / gradual_end_step count steps of a '
+                        'step-based retraining phase: set prune.retrain_steps too (or use '
+                        'gradual_begin_epoch / gradual_end_epoch with retrain_epochs).')
+    if not 0 <= p.gradual_begin_step < p.gradual_end_step <= p.retrain_steps:
+      raise ConfigError('Gradual pruning needs 0 <= prune.gradual_begin_step < '
+                        'prune.gradual_end_step <= prune.retrain_steps; got '
+                        f'{p.gradual_begin_step}, {p.gradual_end_step}, {p.retrain_steps}.')
+  elif p.retrain_steps > 0:
+    raise ConfigError('A step-based gradual phase (prune.retrain_steps > 0) needs '
+                      'prune.gradual_begin_step and prune.gradual_end_step.')
+  elif not 0 <= p.gradual_begin_epoch < p.gradual_end_epoch <= p.retrain_epochs:
+    raise ConfigError('Gradual pruning needs 0 <= prune.gradual_begin_epoch < '
+                      'prune.gradual_end_epoch <= prune.retrain_epochs; got '
+                      f'{p.gradual_begin_epoch}, {p.gradual_end_epoch}, {p.retrain_epochs}.')
 
 
 # --- config.parallelism --------------------------------------------------------------------------

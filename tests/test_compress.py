@@ -34,9 +34,9 @@ def _prune_config(idx_dir, tfds_dir):
 @pytest.fixture(scope='module')
 def dense_dir(idx_dir, tfds_dir, tmp_path_factory):
   """A finished dense tiny run, shared by the tests that start from one."""
-  from bigmodel_jax import loop
+  from bigmodel_jax import training
   workdir = str(tmp_path_factory.mktemp('dense'))
-  loop.train_and_evaluate(_prune_config(idx_dir, tfds_dir), workdir)
+  training.train_and_evaluate(_prune_config(idx_dir, tfds_dir), workdir)
   return workdir
 
 

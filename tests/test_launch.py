@@ -10,7 +10,7 @@ import time
 import chex
 import jax
 
-from bigmodel_jax import checkpoint, loop
+from bigmodel_jax import checkpoint, training
 from tests.conftest import REPO_ROOT
 
 
@@ -92,7 +92,7 @@ def test_kill_dash_nine_then_rerun_matches_an_uninterrupted_run(tiny_config, tmp
   tiny_config.model.dropout_rate = 0.2
   tiny_config.parallelism.num_devices = 1
   straight = str(tmp_path / 'straight')
-  loop.train_and_evaluate(tiny_config, straight)
+  training.train_and_evaluate(tiny_config, straight)
 
   def final(path):
     ckpt = checkpoint.Checkpointer(os.path.join(path, 'checkpoints'))

@@ -8,7 +8,7 @@ import chex
 import jax
 import pytest
 
-from bigmodel_jax import checkpoint, loop
+from bigmodel_jax import checkpoint, training
 from bigmodel_jax.errors import CheckpointMismatchError, ConfigError, NonFiniteLossError
 
 
@@ -21,7 +21,7 @@ def _final_arrays(workdir):
 
 def test_run_writes_every_artefact(tiny_config, tmp_path):
   workdir = str(tmp_path / 'run')
-  results = loop.train_and_evaluate(tiny_config, workdir)
+  results = training.train_and_evaluate(tiny_config, workdir)
   steps_per_epoch = 512 // 16
   assert results['steps'] == 2 * steps_per_epoch and results['epochs_run'] == 2
   assert results['num_params'] == 784 * 32 + 32 + 32 * 10 + 10
@@ -37,13 +37,13 @@ def test_run_writes_every_artefact(tiny_config, tmp_path):
 
 def test_learns_the_generated_task(tiny_config, tmp_path):
   tiny_config.num_epochs = 4
-  results = loop.train_and_evaluate(tiny_config, str(tmp_path / 'run'))
+  results = training.train_and_evaluate(tiny_config, str(tmp_path / 'run'))
   assert results['best_eval_accuracy'] > 0.9
 
 
 def test_label_smoothing_trains_on_smoothed_targets_and_evaluates_plain(tiny_config, tmp_path):
   tiny_config.num_epochs, tiny_config.label_smoothing = 4, 0.5
-  results = loop.train_and_evaluate(tiny_config, str(tmp_path / 'run'))
+  results = training.train_and_evaluate(tiny_config, str(tmp_path / 'run'))
   # Targets 0.55 / 0.05 x 9 have entropy 1.677: the smoothed loss cannot go below it, while the
   # plain cross-entropy of the same (well-trained) model on the eval split does.
   floor = -0.55 * math.log(0.55) - 9 * 0.05 * math.log(0.05)
@@ -53,12 +53,12 @@ def test_label_smoothing_trains_on_smoothed_targets_and_evaluates_plain(tiny_con
 
 def test_resume_is_exact(tiny_config, tmp_path):
   straight = str(tmp_path / 'straight')
-  loop.train_and_evaluate(tiny_config, straight)
+  training.train_and_evaluate(tiny_config, straight)
   resumed = str(tmp_path / 'resumed')
   tiny_config.num_epochs = 1
-  loop.train_and_evaluate(tiny_config, resumed)
+  training.train_and_evaluate(tiny_config, resumed)
   tiny_config.num_epochs = 2
-  results = loop.train_and_evaluate(tiny_config, resumed)
+  results = training.train_and_evaluate(tiny_config, resumed)
   step_a, a = _final_arrays(straight)
   step_b, b = _final_arrays(resumed)
   assert step_a == step_b == 64
@@ -71,7 +71,7 @@ def test_mid_epoch_checkpoints_resume_exactly(tiny_config, tmp_path, monkeypatch
   tiny_config.model.dropout_rate = 0.3
   tiny_config.checkpoint_every_steps = 8
   straight = str(tmp_path / 'straight')
-  expected = loop.train_and_evaluate(tiny_config, straight)
+  expected = training.train_and_evaluate(tiny_config, straight)
 
   class Crash(Exception):
     pass
@@ -81,11 +81,11 @@ def test_mid_epoch_checkpoints_resume_exactly(tiny_config, tmp_path, monkeypatch
 
   resumed = str(tmp_path / 'resumed')
   with monkeypatch.context() as patch:  # Dies at the first epoch's end, after saving step 24.
-    patch.setattr(loop, 'evaluate', crash)
+    patch.setattr('bigmodel_jax.training.loop.evaluate', crash)
     with pytest.raises(Crash):
-      loop.train_and_evaluate(tiny_config, resumed)
+      training.train_and_evaluate(tiny_config, resumed)
   assert _final_arrays(resumed)[0] == 24
-  results = loop.train_and_evaluate(tiny_config, resumed)
+  results = training.train_and_evaluate(tiny_config, resumed)
   chex.assert_trees_all_equal(_final_arrays(straight)[1], _final_arrays(resumed)[1])
   for got, want in zip(results['history'], expected['history'], strict=True):
     assert got['train_loss'] == pytest.approx(want['train_loss'], rel=1e-12)
@@ -94,9 +94,9 @@ def test_mid_epoch_checkpoints_resume_exactly(tiny_config, tmp_path, monkeypatch
 
 def test_finished_run_says_so(tiny_config, tmp_path, capsys):
   workdir = str(tmp_path / 'run')
-  first = loop.train_and_evaluate(tiny_config, workdir)
+  first = training.train_and_evaluate(tiny_config, workdir)
   capsys.readouterr()
-  again = loop.train_and_evaluate(tiny_config, workdir)
+  again = training.train_and_evaluate(tiny_config, workdir)
   assert 'already finished' in capsys.readouterr().out
   assert again == first
 
@@ -104,43 +104,43 @@ def test_finished_run_says_so(tiny_config, tmp_path, capsys):
 def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_config, tmp_path):
   workdir = str(tmp_path / 'run')
   tiny_config.num_epochs = 1
-  loop.train_and_evaluate(tiny_config, workdir)
+  training.train_and_evaluate(tiny_config, workdir)
   tiny_config.num_epochs = 2
   tiny_config.optimizer.name = 'adam'
   tiny_config.optimizer.learning_rate = 1e30
   with pytest.raises(NonFiniteLossError, match=r'at step \d+.*last good checkpoint is step 32'):
-    loop.train_and_evaluate(tiny_config, workdir)
+    training.train_and_evaluate(tiny_config, workdir)
   assert _final_arrays(workdir)[0] == 32
 
 
 def test_a_workdir_of_another_model_is_refused(tiny_config, tmp_path):
   workdir = str(tmp_path / 'run')
   tiny_config.num_train_steps = 8
-  loop.train_and_evaluate(tiny_config, workdir)
+  training.train_and_evaluate(tiny_config, workdir)
   tiny_config.model.hidden_sizes = (64,)
   with pytest.raises(CheckpointMismatchError, match='use a new --workdir'):
-    loop.train_and_evaluate(tiny_config, workdir)
+    training.train_and_evaluate(tiny_config, workdir)
 
 
 def test_early_stopping(tiny_config, tmp_path):
   tiny_config.num_epochs = 30
   tiny_config.early_stopping_patience = 1
   tiny_config.early_stopping_min_delta = 10.0  # Nothing counts as improvement after epoch 1.
-  results = loop.train_and_evaluate(tiny_config, str(tmp_path / 'run'))
+  results = training.train_and_evaluate(tiny_config, str(tmp_path / 'run'))
   assert results['stopped_early'] and results['epochs_run'] == 2
 
 
 def test_batch_larger_than_the_data_is_refused(tiny_config, tmp_path):
   tiny_config.batch_size = 4096
   with pytest.raises(ConfigError, match='config.batch_size=4096 is larger than the 512'):
-    loop.train_and_evaluate(tiny_config, str(tmp_path / 'run'))
+    training.train_and_evaluate(tiny_config, str(tmp_path / 'run'))
 
 
 def test_validation_holdout_reports_test_separately(tiny_config, tmp_path):
   tiny_config.data.validation_size = 100
   tiny_config.data.max_train_examples = 0
   tiny_config.num_train_steps = 20
-  results = loop.train_and_evaluate(tiny_config, str(tmp_path / 'run'))
+  results = training.train_and_evaluate(tiny_config, str(tmp_path / 'run'))
   assert results['eval_split'] == 'validation'
   assert results['test_accuracy'] is not None and results['test_loss'] > 0
 
@@ -149,7 +149,7 @@ def test_profile_is_written(tiny_config, tmp_path):
   tiny_config.profile_steps = 8
   tiny_config.num_train_steps = 16
   workdir = str(tmp_path / 'run')
-  loop.train_and_evaluate(tiny_config, workdir)
+  training.train_and_evaluate(tiny_config, workdir)
   found = [f for _, _, files in os.walk(os.path.join(workdir, 'profile')) for f in files]
   assert any(f.endswith('.xplane.pb') for f in found)
 
@@ -157,18 +157,18 @@ def test_profile_is_written(tiny_config, tmp_path):
 def test_a_changed_epoch_length_is_refused(tiny_config, tmp_path):
   workdir = str(tmp_path / 'run')
   tiny_config.num_epochs = 1
-  loop.train_and_evaluate(tiny_config, workdir)
+  training.train_and_evaluate(tiny_config, workdir)
   tiny_config.num_epochs, tiny_config.batch_size = 2, 32
   with pytest.raises(ConfigError, match='another epoch length'):
-    loop.train_and_evaluate(tiny_config, workdir)
+    training.train_and_evaluate(tiny_config, workdir)
 
 
 def test_two_runs_cannot_share_a_workdir(tiny_config, tmp_path):
   workdir = tmp_path / 'run'
   workdir.mkdir()
-  held = loop.lock_workdir(str(workdir))
+  held = training.lock_workdir(str(workdir))
   with pytest.raises(ConfigError, match='Another run is using'):
-    loop.train_and_evaluate(tiny_config, str(workdir))
+    training.train_and_evaluate(tiny_config, str(workdir))
   held.close()
   tiny_config.num_train_steps = 2
-  assert loop.train_and_evaluate(tiny_config, str(workdir))['steps'] == 2
+  assert training.train_and_evaluate(tiny_config, str(workdir))['steps'] == 2

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from test_parallel import _latest_arrays
 
-from bigmodel_jax import loop
+from bigmodel_jax import training
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT_S = 180
@@ -70,7 +70,7 @@ def test_two_processes_train_as_one_cluster(tiny_config, idx_dir, tfds_dir, tmp_
     section, _, name = key.rpartition('.')
     (tiny_config[section] if section else tiny_config)[name] = value
   tiny_config.parallelism.num_devices = 4  # Same 4 devices' worth of shards, one process.
-  reference = loop.train_and_evaluate(tiny_config, reference_dir)
+  reference = training.train_and_evaluate(tiny_config, reference_dir)
 
   outputs = _run_cluster(cluster_dir, overrides)
   with open(os.path.join(cluster_dir, 'results.json')) as f:

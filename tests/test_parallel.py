@@ -15,7 +15,7 @@ import numpy as np
 import optax
 import pytest
 
-from bigmodel_jax import checkpoint, compress, data, loop, models, parallel, train_state
+from bigmodel_jax import checkpoint, compress, data, models, parallel, train_state, training
 from bigmodel_jax.errors import ConfigError
 
 LAYOUTS = {
@@ -112,7 +112,7 @@ def twenty_step_runs(idx_dir, tfds_dir, tmp_path_factory):
     config.num_train_steps = 20
     config.parallelism.update(layout)
     workdir = str(tmp_path_factory.mktemp(name))
-    results = loop.train_and_evaluate(config, workdir)
+    results = training.train_and_evaluate(config, workdir)
     runs[name] = (_latest_arrays(workdir), results)
   return runs
 
@@ -198,14 +198,14 @@ def test_a_run_moves_between_device_counts_and_prunes_from_there(tiny_config, tm
   """Epoch 1 on 8 devices (FSDP), epoch 2 resumed on one; then pruning on 4 from that run."""
   straight, moved = str(tmp_path / 'straight'), str(tmp_path / 'moved')
   tiny_config.model.dropout_rate = 0.0
-  reference = loop.train_and_evaluate(copy.deepcopy(tiny_config), straight)
+  reference = training.train_and_evaluate(copy.deepcopy(tiny_config), straight)
   first = copy.deepcopy(tiny_config)
   first.num_epochs = 1
   first.parallelism.update(fsdp=8)
-  loop.train_and_evaluate(first, moved)
+  training.train_and_evaluate(first, moved)
   second = copy.deepcopy(tiny_config)
   second.parallelism.update(mode='single')
-  resumed = loop.train_and_evaluate(second, moved)
+  resumed = training.train_and_evaluate(second, moved)
   assert resumed['history'][0]['train_loss'] == pytest.approx(
       reference['history'][0]['train_loss'], abs=1e-5)
   assert _max_abs_diff(_latest_arrays(moved)['params'],

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from bigmodel_jax import data, loop
+from bigmodel_jax import data, training
 from bigmodel_jax.data import text
 from bigmodel_jax.errors import ConfigError, DataError
 
@@ -86,15 +86,15 @@ def test_model_and_data_must_match(text_dir, tfds_dir, tmp_path):
   config = _config(text_dir, tfds_dir)
   config.model.name = 'mlp'
   with pytest.raises(ConfigError, match='cannot read'):
-    loop.train_and_evaluate(config, str(tmp_path))
+    training.train_and_evaluate(config, str(tmp_path))
   config = _config(text_dir, tfds_dir)
   config.model.max_len = 8
   with pytest.raises(ConfigError, match='max_len'):
-    loop.train_and_evaluate(config, str(tmp_path))
+    training.train_and_evaluate(config, str(tmp_path))
 
 
 def test_tiny_gpt_learns_the_generated_text(text_dir, tfds_dir, tmp_path):
-  results = loop.train_and_evaluate(_config(text_dir, tfds_dir), str(tmp_path / 'run'))
+  results = training.train_and_evaluate(_config(text_dir, tfds_dir), str(tmp_path / 'run'))
   assert results['num_params'] > 0 and results['steps'] == 60
   # Uniform guessing over the ~30 characters costs ln(30) = 3.4 nats.
   assert results['final_eval_loss'] < 2.5
@@ -148,7 +148,7 @@ def test_tensor_parallel_training_matches_one_device(text_dir, tfds_dir, tmp_pat
     config = _config(text_dir, tfds_dir)
     config.num_train_steps = 20
     config.parallelism.update(layout)
-    results = loop.train_and_evaluate(config, str(tmp_path / name))
+    results = training.train_and_evaluate(config, str(tmp_path / name))
     ckpt = checkpoint.Checkpointer(str(tmp_path / name / 'checkpoints'), async_save=False)
     finals[name] = (ckpt.restore_arrays(ckpt.latest_step())['params'], results)
     ckpt.close()

@@ -7,10 +7,11 @@
     tx = pruning.masked(optax.adam(1e-3))             # pruned weights stay exactly zero
     opt_state = pruning.prune_opt_state(tx, tx.init(params), masks)
 
-Masks are bool trees shaped like the params (True = keep). See each module for details.
+Masks are bool trees shaped like the params (True = keep). `METHODS` is the registry of pruning
+methods (`methods.Method`: score function, kinds, schedules). See each module for details.
 """
 
-from bigmodel_jax.pruning import heads, llm, oneshot
+from bigmodel_jax.pruning import heads, layerwise, methods, oneshot
 from bigmodel_jax.pruning.export import load_compact, save_compact
 from bigmodel_jax.pruning.masks import (
   DEFAULT_INCLUDE,
@@ -20,6 +21,7 @@ from bigmodel_jax.pruning.masks import (
   prunable_tree,
   sparsity_stats,
 )
+from bigmodel_jax.pruning.methods import METHODS, compute_scores
 from bigmodel_jax.pruning.optimizer import masked, prune_opt_state
 from bigmodel_jax.pruning.schedules import (
   SCHEDULES,
@@ -28,9 +30,7 @@ from bigmodel_jax.pruning.schedules import (
   polynomial_sparsity,
 )
 from bigmodel_jax.pruning.scores import (
-  METHODS,
   batch_loss_fn,
-  compute_scores,
   magnitude,
   random,
   saliency,
@@ -46,10 +46,9 @@ from bigmodel_jax.pruning.structured import neuron_keep, neuron_masks, neuron_sc
 
 __all__ = [
     'DEFAULT_INCLUDE', 'METHODS', 'SCHEDULES', 'apply_masks', 'batch_loss_fn', 'compute_scores',
-    'heads',
-    'is_update_step', 'iterative_sparsities', 'leaf_paths', 'llm', 'load_compact', 'lowest_k_masks',
-    'magnitude', 'masked', 'masks_from_scores', 'neuron_keep', 'neuron_masks', 'neuron_scores',
-    'nm_mask', 'nm_masks', 'oneshot', 'ones_like', 'polynomial_sparsity', 'prunable_tree',
-    'prune_opt_state', 'random', 'saliency', 'save_compact', 'sensitivity', 'shrink_mlp',
-    'sparsity_stats',
+    'heads', 'is_update_step', 'iterative_sparsities', 'layerwise', 'leaf_paths',
+    'load_compact', 'lowest_k_masks', 'magnitude', 'masked', 'masks_from_scores', 'methods',
+    'neuron_keep', 'neuron_masks', 'neuron_scores', 'nm_mask', 'nm_masks', 'ones_like',
+    'oneshot', 'polynomial_sparsity', 'prunable_tree', 'prune_opt_state', 'random', 'saliency',
+    'save_compact', 'sensitivity', 'shrink_mlp', 'sparsity_stats',
 ]

@@ -13,9 +13,7 @@ from typing import Any
 import jax
 
 from bigmodel_jax.pruning import masks as masks_lib
-from bigmodel_jax.pruning import optimizer, schedules, scores, selection
-
-GRADUAL_METHODS = ('magnitude', 'random')
+from bigmodel_jax.pruning import methods, optimizer, schedules, scores, selection
 
 
 def mask_updater(*, final_sparsity: float, begin_step: int, end_step: int, frequency: int,
@@ -44,8 +42,9 @@ def mask_updater(*, final_sparsity: float, begin_step: int, end_step: int, frequ
   for pattern, value in overrides.items():
     selection.check_sparsity(value, f'the sparsity override {pattern!r}')
   masks_lib.overrides_by_leaf(prunable, prunable, overrides)  # Fails early on a bad pattern.
-  if method not in GRADUAL_METHODS:
-    raise ValueError(f'Gradual pruning scores by {", ".join(GRADUAL_METHODS)}; got {method!r}.')
+  if method not in methods.supporting(schedule='gradual'):
+    raise ValueError('Gradual pruning scores by '
+                     f'{", ".join(methods.supporting(schedule="gradual"))}; got {method!r}.')
   kwargs = dict(begin_step=begin_step, end_step=end_step, frequency=frequency)
 
   def update(state):

@@ -4,7 +4,7 @@
                                   prunable=prunable, sparsity=0.5)    # or n=2, m=4
 
 The inputs of every prunable `nn.Dense` are captured with `flax.linen.intercept_methods` while
-the model runs on the calibration batches, and reduced to `llm.LayerStats`. Layers are handled
+the model runs on the calibration batches, and reduced to `layerwise.LayerStats`. Layers are handled
 in groups by their top-level module (a Transformer block, or an MLP layer), in the order the
 forward pass reaches them, and each group is calibrated on the outputs of the groups already
 pruned - the sequential procedure of the Wanda and SparseGPT papers, so that later layers
@@ -20,10 +20,8 @@ import jax
 import jax.numpy as jnp
 
 from bigmodel_jax.errors import ConfigError
-from bigmodel_jax.pruning import llm, selection
+from bigmodel_jax.pruning import layerwise, selection
 from bigmodel_jax.pruning import masks as masks_lib
-
-METHODS = ('wanda', 'sparsegpt', 'magnitude')
 
 
 def _dense_inputs(apply_fn, params, inputs) -> dict[str, jax.Array]:
@@ -49,16 +47,16 @@ def _dense_calls(apply_fn, params, inputs) -> list[str]:
 
 
 def collect_stats(apply_fn: Callable, params: Any, batches: Iterable[jax.Array],
-                  names: list[str]) -> dict[str, llm.LayerStats]:
+                  names: list[str]) -> dict[str, layerwise.LayerStats]:
   """Input statistics of the Dense layers `names` (kernel paths) over calibration batches."""
 
   def batch_stats(params, inputs, stats):
     seen = _dense_inputs(apply_fn, params, inputs)
-    return {name: llm.accumulate(stats[name], seen[name]) for name in names}
+    return {name: layerwise.accumulate(stats[name], seen[name]) for name in names}
 
   step = jax.jit(batch_stats)
   kernels = dict(zip(masks_lib.leaf_paths(params), jax.tree.leaves(params), strict=True))
-  stats = {name: llm.init_stats(int(kernels[name].shape[0])) for name in names}
+  stats = {name: layerwise.init_stats(int(kernels[name].shape[0])) for name in names}
   count = 0
   for inputs in batches:
     stats = step(params, jnp.asarray(inputs), stats)
@@ -68,15 +66,27 @@ def collect_stats(apply_fn: Callable, params: Any, batches: Iterable[jax.Array],
   return stats
 
 
-def _prune_layer(method, kernel, stats, sparsity, n, m, block_size, damp):
-  if method == 'sparsegpt':
-    return llm.sparsegpt(kernel, stats, sparsity, n=n, m=m, block_size=block_size, damp=damp)
-  if method == 'wanda':
-    mask = llm.wanda_mask(kernel, stats, sparsity, n=n, m=m)
-  else:  # Magnitude with the same comparison groups: the baseline of both papers.
-    scores = jnp.abs(kernel)
-    mask = (selection.nm_mask(scores, n, m) if n else llm.per_output_mask(scores, sparsity))
+def _sparsegpt(kernel, stats, sparsity, n, m, block_size, damp):
+  return layerwise.sparsegpt(kernel, stats, sparsity, n=n, m=m, block_size=block_size, damp=damp)
+
+
+def _wanda(kernel, stats, sparsity, n, m, block_size, damp):
+  del block_size, damp
+  mask = layerwise.wanda_mask(kernel, stats, sparsity, n=n, m=m)
   return jnp.where(mask, kernel, 0), mask
+
+
+def _magnitude(kernel, stats, sparsity, n, m, block_size, damp):
+  """|W| with Wanda's comparison groups: the baseline of both papers."""
+  del stats, block_size, damp
+  scores = jnp.abs(kernel)
+  mask = (selection.nm_mask(scores, n, m) if n else layerwise.per_output_mask(scores, sparsity))
+  return jnp.where(mask, kernel, 0), mask
+
+
+# Per-layer rules: (kernel, stats, sparsity, n, m, block_size, damp) -> (new kernel, mask).
+RULES = {'wanda': _wanda, 'sparsegpt': _sparsegpt, 'magnitude': _magnitude}
+METHODS = tuple(RULES)
 
 
 def prune(apply_fn: Callable, params: Any, batches: list, *, method: str, prunable: Any,
@@ -112,13 +122,13 @@ def prune(apply_fn: Callable, params: Any, batches: list, *, method: str, prunab
       groups.setdefault(name.split('/')[0], []).append(name)
   leaves = dict(zip(names, jax.tree.leaves(params), strict=True))
   keep = {name: jnp.ones(leaf.shape, jnp.bool_) for name, leaf in leaves.items()}
-  prune_layer = jax.jit(_prune_layer, static_argnums=(0, 3, 4, 5, 6, 7))
+  prune_layer = jax.jit(RULES[method], static_argnums=(2, 3, 4, 5, 6))
   for g, (group, members) in enumerate(groups.items()):
     current = _tree_from(params, names, leaves)
     stats = collect_stats(apply_fn, current, batches, members)
     for name in members:
-      leaves[name], keep[name] = prune_layer(method, leaves[name], stats[name], sparsity, n, m,
-                                             block_size, damp)
+      leaves[name], keep[name] = prune_layer(leaves[name], stats[name], sparsity, n, m, block_size,
+                                             damp)
     if log is not None:
       log(f'{method}: pruned {group} ({len(members)} layers, group {g + 1}/{len(groups)})')
   return _tree_from(params, names, leaves), _tree_from(params, names, keep)

@@ -11,7 +11,8 @@
                  seed MLP (28% test accuracy at 50% sparsity, vs 90% without it)
     random       uniform noise: the control every method has to beat
 
-`loss_fn(params, batch) -> scalar` is the mean loss on a batch; `batches` is an iterable of
+The registry of methods (`pruning.methods`) maps each name to one of these. `loss_fn(params,
+batch) -> scalar` is the mean loss on a batch; `batches` is an iterable of
 batches (e.g. a few training batches). Neuron scores for structured pruning sum a weight score
 over each neuron's incoming weights (`pruning.structured`).
 """
@@ -24,7 +25,6 @@ import jax.numpy as jnp
 
 from bigmodel_jax import losses
 
-METHODS = ('magnitude', 'saliency', 'sensitivity', 'random')
 BatchLoss = Callable[[Any, dict[str, jax.Array]], jax.Array]
 
 
@@ -102,18 +102,3 @@ def sensitivity(params: Any, loss_fn: BatchLoss, batches: Iterable[dict[str, jax
     examples += int(n)
   _check_batches(examples)
   return jax.tree.map(lambda w, s: 0.5 * (s / examples) * w * w, params, sq)
-
-
-def compute_scores(method: str, params: Any, *, loss_fn: BatchLoss | None = None,
-                   batches: Iterable[dict[str, jax.Array]] = (), key: jax.Array | None = None
-                   ) -> Any:
-  """Dispatches on `method` (one of METHODS)."""
-  if method == 'magnitude':
-    return magnitude(params)
-  if method == 'random':
-    return random(params, key if key is not None else jax.random.PRNGKey(0))
-  if method in ('saliency', 'sensitivity'):
-    if loss_fn is None:
-      raise ValueError(f'The {method} score needs loss_fn and batches.')
-    return (saliency if method == 'saliency' else sensitivity)(params, loss_fn, batches)
-  raise ValueError(f'Unknown score method {method!r}; use one of: {", ".join(METHODS)}.')

@@ -3,11 +3,11 @@
 Both methods prune a trained layer without retraining, using only statistics of its inputs over a
 small calibration set, and are what large language models are pruned with:
 
-    stats = llm.init_stats(kernel.shape[0])
+    stats = layerwise.init_stats(kernel.shape[0])
     for x in calibration_inputs:                # x: [tokens, in], batch and sequence flattened
-      stats = llm.accumulate(stats, x)
-    mask = llm.wanda_mask(kernel, stats, 0.5)                    # or n=2, m=4
-    new_kernel, mask = llm.sparsegpt(kernel, stats, 0.5)         # also updates the kept weights
+      stats = layerwise.accumulate(stats, x)
+    mask = layerwise.wanda_mask(kernel, stats, 0.5)              # or n=2, m=4
+    new_kernel, mask = layerwise.sparsegpt(kernel, stats, 0.5)   # also updates kept weights
 
 - Wanda (Sun et al. 2023): score |W_ij| * ||X_i||_2, each output unit pruned by the same
   fraction; only the mask changes.

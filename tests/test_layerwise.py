@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bigmodel_jax.pruning import llm, selection
+from bigmodel_jax.pruning import layerwise, selection
 
 IN, OUT, TOKENS = 256, 64, 2048
 BLOCK = 96  # Does not divide IN: the last block is padded, and block counts must still add up.
@@ -21,13 +21,13 @@ def layer():
   scale = np.exp(rng.normal(scale=0.5, size=IN))
   x = ((rng.normal(size=(TOKENS, IN)) @ mix) * scale).astype(np.float32)
   kernel = rng.normal(size=(IN, OUT)).astype(np.float32) / np.sqrt(IN)
-  stats = llm.accumulate(llm.init_stats(IN), jnp.asarray(x))
+  stats = layerwise.accumulate(layerwise.init_stats(IN), jnp.asarray(x))
   return jnp.asarray(x), jnp.asarray(kernel), stats
 
 
 def _stats_for(kernel, rng):
   x = rng.normal(size=(128, kernel.shape[0])).astype(np.float32)
-  return llm.accumulate(llm.init_stats(kernel.shape[0]), jnp.asarray(x))
+  return layerwise.accumulate(layerwise.init_stats(kernel.shape[0]), jnp.asarray(x))
 
 
 def _assert_nm(mask, n, m):
@@ -35,18 +35,18 @@ def _assert_nm(mask, n, m):
   assert np.all(groups.sum(axis=1) == n)
 
 
-_sparsegpt_jit = jax.jit(llm.sparsegpt, static_argnames=('sparsity', 'n', 'm', 'block_size'))
-_wanda_jit = jax.jit(llm.wanda_mask, static_argnames=('n', 'm'))
+_sparsegpt_jit = jax.jit(layerwise.sparsegpt, static_argnames=('sparsity', 'n', 'm', 'block_size'))
+_wanda_jit = jax.jit(layerwise.wanda_mask, static_argnames=('n', 'm'))
 
 
 def test_stats_accumulate_over_batches_equals_one_pass():
   rng = np.random.default_rng(1)
   x = rng.normal(size=(96, 24)).astype(np.float32)
-  step = jax.jit(llm.accumulate)
-  stats = llm.init_stats(24)
+  step = jax.jit(layerwise.accumulate)
+  stats = layerwise.init_stats(24)
   for chunk in np.split(x, [10, 40, 41]):
     stats = step(stats, jnp.asarray(chunk))
-  whole = llm.accumulate(llm.init_stats(24), jnp.asarray(x))
+  whole = layerwise.accumulate(layerwise.init_stats(24), jnp.asarray(x))
   assert int(stats.count) == int(whole.count) == 96
   np.testing.assert_allclose(stats.sq_norm, whole.sq_norm, rtol=1e-5)
   np.testing.assert_allclose(stats.xtx, whole.xtx, rtol=1e-5, atol=1e-4)
@@ -72,13 +72,13 @@ def test_wanda_nm_pattern(layer, n, m):
 def test_wanda_with_equal_norms_is_per_output_magnitude():
   rng = np.random.default_rng(2)
   kernel = jnp.asarray(rng.normal(size=(32, 8)).astype(np.float32))
-  stats = llm.LayerStats(jnp.full((32,), 7.0), jnp.eye(32), jnp.int32(1))
-  mask = llm.wanda_mask(kernel, stats, 0.5)
+  stats = layerwise.LayerStats(jnp.full((32,), 7.0), jnp.eye(32), jnp.int32(1))
+  mask = layerwise.wanda_mask(kernel, stats, 0.5)
   magnitude = np.abs(np.asarray(kernel))
   expected = magnitude >= np.median(magnitude, axis=0, keepdims=True)
   np.testing.assert_array_equal(mask, expected)
-  np.testing.assert_array_equal(mask, llm.per_output_mask(jnp.abs(kernel), 0.5))
-  np.testing.assert_array_equal(llm.wanda_mask(kernel, stats, n=2, m=4),
+  np.testing.assert_array_equal(mask, layerwise.per_output_mask(jnp.abs(kernel), 0.5))
+  np.testing.assert_array_equal(layerwise.wanda_mask(kernel, stats, n=2, m=4),
                                 selection.nm_mask(jnp.abs(kernel), 2, 4))
 
 
@@ -88,10 +88,10 @@ def test_wanda_keeps_the_weights_of_a_loud_input():
   kernel[5] = 0.1 * np.sign(kernel[5])  # Among the smallest weights of every column...
   x = rng.normal(size=(64, 32)).astype(np.float32)
   x[:, 5] *= 100  # ...but on an input 100x louder than the others.
-  stats = llm.accumulate(llm.init_stats(32), jnp.asarray(x))
-  assert not np.any(np.asarray(llm.per_output_mask(jnp.abs(jnp.asarray(kernel)), 0.7))[5])
-  assert np.all(np.asarray(llm.wanda_mask(jnp.asarray(kernel), stats, 0.7))[5])
-  assert np.all(np.asarray(llm.wanda_mask(jnp.asarray(kernel), stats, n=1, m=4))[5])
+  stats = layerwise.accumulate(layerwise.init_stats(32), jnp.asarray(x))
+  assert not np.any(np.asarray(layerwise.per_output_mask(jnp.abs(jnp.asarray(kernel)), 0.7))[5])
+  assert np.all(np.asarray(layerwise.wanda_mask(jnp.asarray(kernel), stats, 0.7))[5])
+  assert np.all(np.asarray(layerwise.wanda_mask(jnp.asarray(kernel), stats, n=1, m=4))[5])
 
 
 @pytest.mark.parametrize('sparsity', [0.5, 0.7])
@@ -115,7 +115,7 @@ def test_sparsegpt_nm_pattern(layer, n, m):
 
 def test_sparsegpt_reconstructs_better_than_magnitude_and_wanda(layer):
   x, kernel, stats = layer
-  error = functools.partial(llm.reconstruction_error, x, kernel)
+  error = functools.partial(layerwise.reconstruction_error, x, kernel)
   magnitude = jnp.abs(kernel)
   results = {}
   for name, kwargs in (('50%', {'sparsity': 0.5}), ('2:4', {'n': 2, 'm': 4})):
@@ -142,7 +142,7 @@ def test_sparsegpt_zero_sparsity_keeps_the_layer_and_dead_inputs_are_zeroed():
   kernel = jnp.asarray(rng.normal(size=(16, 8)).astype(np.float32))
   x = rng.normal(size=(64, 16)).astype(np.float32)
   x[:, 3] = 0.0
-  stats = llm.accumulate(llm.init_stats(16), jnp.asarray(x))
+  stats = layerwise.accumulate(layerwise.init_stats(16), jnp.asarray(x))
   new_kernel, mask = _sparsegpt_jit(kernel, stats, sparsity=0.0, block_size=8)
   assert np.all(np.asarray(mask))
   np.testing.assert_array_equal(np.asarray(new_kernel)[3], 0)
@@ -152,8 +152,8 @@ def test_sparsegpt_zero_sparsity_keeps_the_layer_and_dead_inputs_are_zeroed():
 
 def test_sparsity_may_be_traced(layer):
   _, kernel, stats = layer
-  wanda = jax.jit(llm.wanda_mask)
-  sparsegpt = jax.jit(functools.partial(llm.sparsegpt, block_size=BLOCK))
+  wanda = jax.jit(layerwise.wanda_mask)
+  sparsegpt = jax.jit(functools.partial(layerwise.sparsegpt, block_size=BLOCK))
   for s in (0.5, 0.7):
     assert (~np.asarray(wanda(kernel, stats, jnp.float32(s)))).sum() == OUT * round(s * IN)
     _, mask = sparsegpt(kernel, stats, jnp.float32(s))
@@ -164,7 +164,7 @@ def test_bad_inputs_raise_value_error():
   rng = np.random.default_rng(5)
   kernel = jnp.asarray(rng.normal(size=(12, 4)).astype(np.float32))
   stats = _stats_for(kernel, rng)
-  for fn in (llm.wanda_mask, llm.sparsegpt):
+  for fn in (layerwise.wanda_mask, layerwise.sparsegpt):
     for bad in (1.0, -0.1):
       with pytest.raises(ValueError, match=r'must be a number in \[0, 1\)'):
         fn(kernel, stats, bad)
@@ -177,13 +177,13 @@ def test_bad_inputs_raise_value_error():
     with pytest.raises(ValueError, match='No pruning target'):
       fn(kernel, stats)
     with pytest.raises(ValueError, match='must be \\(12,\\)'):
-      fn(kernel, llm.init_stats(16), 0.5)
+      fn(kernel, layerwise.init_stats(16), 0.5)
     with pytest.raises(ValueError, match=r'single linear layer kernel \[in, out\]'):
       fn(kernel[None], stats, 0.5)
   bad_xtx = stats._replace(xtx=jnp.zeros((12, 10)))
   with pytest.raises(ValueError, match=r'xtx has shape \(12, 10\)'):
-    llm.sparsegpt(kernel, bad_xtx, 0.5)
+    layerwise.sparsegpt(kernel, bad_xtx, 0.5)
   with pytest.raises(ValueError, match='multiple of m=4'):
-    llm.sparsegpt(kernel, stats, n=2, m=4, block_size=6)
+    layerwise.sparsegpt(kernel, stats, n=2, m=4, block_size=6)
   with pytest.raises(ValueError, match=r'must be \[tokens, 12\]'):
-    llm.accumulate(stats, jnp.zeros((5, 13)))
+    layerwise.accumulate(stats, jnp.zeros((5, 13)))

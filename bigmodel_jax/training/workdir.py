@@ -1,0 +1,74 @@
+"""A training workdir: its lock, and what a checkpoint's JSON side ('meta') holds between sessions.
+
+Restore order (one place): this workdir's newest checkpoint > the phase's `initial_state`
+(e.g. pruned params and masks) > a fresh initialisation.
+"""
+
+import fcntl
+import os
+from collections.abc import Callable
+from typing import Any
+
+import jax
+
+from bigmodel_jax import checkpoint
+from bigmodel_jax.errors import ConfigError
+from bigmodel_jax.train_state import TrainState
+
+
+def lock_workdir(workdir: str, name: str = '.lock'):
+  """An exclusive lock on WORKDIR/NAME (released when the process ends, even by kill -9)."""
+  if jax.process_index() != 0:
+    return None
+  handle = open(os.path.join(workdir, name), 'w')
+  try:
+    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    handle.close()
+    raise ConfigError(f'Another run is using --workdir={workdir}: wait for it to finish, or use '
+                      'a new workdir.') from None
+  return handle
+
+
+def zero_sums() -> dict[str, float]:
+  return {'loss': 0.0, 'accuracy': 0.0, 'steps': 0}
+
+
+def fresh_meta() -> dict[str, Any]:
+  """The JSON record of a run that has not started (saved beside every checkpoint)."""
+  return {'step': 0, 'history': [], 'epoch_sums': zero_sums(),
+          'best_eval_loss': None, 'best_eval_accuracy': None, 'best_epoch': None, 'bad_evals': 0,
+          'stopped_early': False, 'train_time_s': 0.0, 'wall_time_s': 0.0, 'compile_time_s': 0.0}
+
+
+def data_position(step: int, steps_per_epoch: int) -> dict[str, int]:
+  """Where the input pipeline stands after `step` steps; a resume recomputes and checks it."""
+  return {'epoch': step // steps_per_epoch, 'step_in_epoch': step % steps_per_epoch}
+
+
+def restore_or_init(run, ckpt: checkpoint.Checkpointer,
+                    initial_state: Callable[[TrainState], TrainState] | None = None
+                    ) -> tuple[TrainState, dict[str, Any]]:
+  """(state, meta) to continue from: the newest checkpoint, else a fresh (or given) start.
+
+  Args:
+    run: the `setup.Run`.
+    ckpt: the workdir's checkpointer.
+    initial_state: maps the freshly initialised state to the starting one; used only when the
+      workdir has no checkpoint yet.
+  """
+  latest = ckpt.latest_step()
+  if latest is None:
+    state = run.par.init(run.init)
+    if initial_state is not None:
+      state = run.par.place(initial_state(state))
+    return state, fresh_meta()
+  state, meta = run.restore(ckpt, latest)
+  step = int(meta['step'])
+  if 'data_position' in meta and meta['data_position'] != data_position(step,
+                                                                         run.steps.per_epoch):
+    raise ConfigError(
+        f'The checkpoint at step {step} was written with another epoch length '
+        f'(data position {meta["data_position"]}); config.batch_size or the data limits changed: '
+        'restore them or use a new --workdir.')
+  return state, meta
