@@ -7,7 +7,7 @@ Checks, for README.md and every docs/**/*.md:
 - every `--config.a.b=` written anywhere in the text (tables, prose) is a key of the default
   config, every `configs/NAME.py`, `bench/NAME.py` and `scripts/NAME.sh` exists, and every
   `--flag` passed to a bench script in a code block is defined by that script;
-- relative links and images point at files that exist.
+- relative links and images point at files (and headings) that exist.
 """
 
 import functools
@@ -133,14 +133,24 @@ def text_errors(text: str) -> list[str]:
   return errors
 
 
+def anchors(doc: pathlib.Path) -> set[str]:
+  """GitHub's anchors of a Markdown file's headings (code blocks left out)."""
+  text = _FENCE.sub('', doc.read_text())
+  headings = re.findall(r'^#+ (.*)$', text, re.MULTILINE)
+  return {re.sub(r'[^\w\- ]', '', h.strip().lower()).replace(' ', '-') for h in headings}
+
+
 def link_errors(doc: pathlib.Path) -> list[str]:
   errors = []
   for target in _LINK.findall(doc.read_text()):
-    if target.startswith(('http://', 'https://', 'mailto:', '#')):
+    if target.startswith(('http://', 'https://', 'mailto:')):
       continue
-    path = (doc.parent / target.split('#', 1)[0]).resolve()
+    name, _, anchor = target.partition('#')
+    path = (doc.parent / name).resolve() if name else doc
     if not path.exists():
-      errors.append(f'{target} (from {doc.relative_to(ROOT)}) does not exist')
+      errors.append(f'{target} (from {doc.name}) does not exist')
+    elif anchor and path.suffix == '.md' and anchor not in anchors(path):
+      errors.append(f'{target} (from {doc.name}): no such heading')
   return errors
 
 
@@ -217,6 +227,15 @@ def test_the_checks_catch_mistakes():
   assert command_errors(['bash', 'scripts/nope.sh'])
   assert text_errors('see `--config.prune.sparsity=0.5` and bench/nope.py')
   assert not text_errors('`--config.prune.sparsities=(0.5,)` and bench/parallel.py')
+  assert anchors(ROOT / 'docs' / 'training.md') >= {'resume', 'bad-input'}
   fenced = '```bash\npython launch.py \\\n  --config=configs/tiny.py --config.nope=1\n```\n'
   assert [command_errors(t) for t in shell_commands(fenced)] == [
       ["configs/tiny.py has no key 'nope'"]]
+
+
+def test_link_check_catches_missing_files_and_headings(tmp_path):
+  doc = tmp_path / 'page.md'
+  doc.write_text('# Title\n\n[ok](#title) [gone](nope.md) [bad anchor](#nowhere) '
+                 '[web](https://example.org/x)\n')
+  assert link_errors(doc) == ['nope.md (from page.md) does not exist',
+                              '#nowhere (from page.md): no such heading']
