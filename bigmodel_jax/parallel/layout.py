@@ -24,8 +24,8 @@ from bigmodel_jax.parallel.mesh import MESH_AXES, build_mesh, mesh_shape
 class Layout:
   """The devices of a run, the shardings of its arrays and its compiled steps.
 
-  Subclasses set `mode`, build `self.mesh` and `self.shards` (the data-parallel shards of a batch)
-  and implement the path-specific methods below.
+  Subclasses set `mode`, build the mesh and count the data-parallel shards of a batch for this
+  constructor, and implement the per-path methods (`shardings` and those after it).
 
   Args:
     parallelism: `config.parallelism`, checked by `config.validate_parallelism`.
