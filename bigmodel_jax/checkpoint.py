@@ -14,11 +14,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from bigmodel_jax import tree
 from bigmodel_jax.errors import CheckpointMismatchError
-
-
-def _describe_path(path) -> str:
-  return '/'.join(str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k)))) for k in path)
 
 
 class Checkpointer:
@@ -63,10 +60,9 @@ class Checkpointer:
   def check_compatible(self, step: int, target: Any) -> None:
     """Raises CheckpointMismatchError if the saved arrays do not fit `target`'s structure."""
     saved = self._manager.item_metadata(step)['state']
-    saved_leaves = {_describe_path(p): tuple(getattr(m, 'shape', ()) or ())
-                    for p, m in jax.tree_util.tree_leaves_with_path(saved)}
-    target_leaves = {_describe_path(p): tuple(np.shape(t))
-                     for p, t in jax.tree_util.tree_leaves_with_path(target)}
+    saved_leaves = {name: tuple(getattr(m, 'shape', ()) or ())
+                    for name, m in tree.named_leaves(saved)}
+    target_leaves = {name: tuple(np.shape(t)) for name, t in tree.named_leaves(target)}
     where = f'{self.directory} (step {step})'
     # Params first: a different model shows up there before it does in optimizer state.
     for name, shape in sorted(target_leaves.items(), key=lambda kv: not kv[0].startswith('params')):
@@ -109,6 +105,13 @@ class Checkpointer:
                           saved)
     return self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(target)))['state']
+
+  def restore_numpy(self, step: int | None = None) -> Any:
+    """The saved state arrays of `step` (default: the latest) as numpy arrays, read without a
+    target: for comparing and inspecting checkpoints, not for resuming (optimizer states come
+    back as plain dicts and lists)."""
+    step = self.latest_step() if step is None else step
+    return jax.device_get(self._manager.restore(step)['state'])
 
   def wait(self) -> None:
     """Blocks until background saves are on disk."""

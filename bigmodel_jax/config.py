@@ -275,3 +275,78 @@ def _check_prune_schedule(config: ml_collections.ConfigDict, parsed: list[Varian
 
 
 # --- config.parallelism --------------------------------------------------------------------------
+# Checked apart from validate(): these checks need the devices and processes of the cluster, so
+# they run after `parallel.initialize_distributed` (parallel.from_config calls this too).
+
+
+def _resolve_mesh(p: ml_collections.ConfigDict, num_devices: int) -> tuple[int, int]:
+  """(data, fsdp) of a sharded mesh over `num_devices`, -1 resolved; raises on any misfit."""
+  data, fsdp, tensor = p.data, p.fsdp, p.tensor
+  if data == -1 and fsdp == -1:
+    raise ConfigError('config.parallelism: only one of data and fsdp may be -1.')
+  for name, size in (('data', data), ('fsdp', fsdp)):
+    if size == 0 or size < -1:
+      raise ConfigError(f'config.parallelism.{name}={size}: use a positive size or -1 (the rest).')
+  if not isinstance(tensor, int) or tensor < 1:
+    raise ConfigError(f'config.parallelism.tensor={tensor!r}: use a positive size (1 = none).')
+  known = max(data, 1) * max(fsdp, 1) * tensor
+  if num_devices % known:
+    raise ConfigError(f'config.parallelism: a data={data} x fsdp={fsdp} x tensor={tensor} mesh '
+                      f'does not divide the {num_devices} devices.')
+  data = num_devices // known if data == -1 else data
+  fsdp = num_devices // known if fsdp == -1 else fsdp
+  if data * fsdp * tensor != num_devices:
+    raise ConfigError(f'config.parallelism: the mesh data={data} x fsdp={fsdp} x tensor={tensor} '
+                      f'= {data * fsdp * tensor} devices, but {num_devices} are in use '
+                      '(parallelism.num_devices or the machine); make the product match, or set '
+                      'data or fsdp to -1.')
+  return data, fsdp
+
+
+def _devices_in_use(p: ml_collections.ConfigDict, visible: int, multi: bool) -> int:
+  if p.num_devices == -1:
+    return visible
+  if p.num_devices <= 0:
+    raise ConfigError(f'config.parallelism.num_devices={p.num_devices}: use -1 (all) '
+                      'or a positive count.')
+  if p.num_devices > visible:
+    raise ConfigError(f'config.parallelism.num_devices={p.num_devices}, but only '
+                      f'{visible} devices are visible.')
+  if multi and p.num_devices != visible:
+    raise ConfigError('config.parallelism.num_devices must be -1 on several hosts: every '
+                      'device of the cluster takes part.')
+  return p.num_devices
+
+
+def validate_parallelism(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError if `config.parallelism` cannot lay out `config.batch_size` on this cluster.
+
+  Reads `jax.devices()` and `jax.process_count()`, so on several hosts it must run after
+  `parallel.initialize_distributed`.
+  """
+  import jax  # Not at the top: validate() above needs no devices.
+
+  from bigmodel_jax import parallel  # Not at the top: parallel imports this module.
+  p = config.parallelism
+  _one_of('parallelism.mode', p.mode, parallel.MODES)
+  multi = jax.process_count() > 1
+  num_devices = _devices_in_use(p, len(jax.devices()), multi)
+  if p.mode == 'single':
+    if multi:
+      raise ConfigError("config.parallelism.mode='single' cannot run on several hosts; use "
+                        "'sharded' or 'pmap'.")
+    num_devices = 1
+  if p.mode != 'sharded' and p.tensor != 1:
+    raise ConfigError(f'config.parallelism.tensor={p.tensor} needs mode=\'sharded\'.')
+  shards, where = num_devices, f'{num_devices} device(s)'
+  if p.mode == 'sharded':
+    data, fsdp = _resolve_mesh(p, num_devices)
+    shards, where = data * fsdp, (f'mesh data={data} x fsdp={fsdp}'
+                                  + (f' x tensor={p.tensor}' if p.tensor > 1 else ''))
+  elif p.mode == 'single':
+    shards = 1
+  if config.batch_size % shards:
+    raise ConfigError(
+        f'config.batch_size={config.batch_size} does not divide over the {shards} data-parallel '
+        f'shards of this run ({where}): use a multiple of {shards} (it is the global batch; each '
+        'shard gets batch / shards).')

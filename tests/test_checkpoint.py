@@ -69,3 +69,16 @@ def test_restore_gives_exact_dtypes(tmp_path):
   ckpt.save(0, _state().arrays(), {})
   restored, _ = ckpt.restore(0, jax.eval_shape(lambda: _state().arrays()))
   assert restored['step'].dtype == jnp.int32 and restored['rng'].dtype == jnp.uint32
+
+
+def test_restore_numpy_reads_the_saved_state_without_a_target(tmp_path):
+  ckpt = checkpoint.Checkpointer(str(tmp_path / 'ck'), async_save=False)
+  arrays = _state().arrays()
+  ckpt.save(2, arrays, {})
+  ckpt.save(3, jax.tree.map(lambda x: x + 1, arrays), {})
+  latest, second = ckpt.restore_numpy(), ckpt.restore_numpy(2)
+  ckpt.close()
+  assert isinstance(latest['params']['Dense_0']['kernel'], np.ndarray)
+  chex.assert_trees_all_equal(second['params'], jax.device_get(arrays['params']))
+  chex.assert_trees_all_equal(latest['params'],
+                              jax.device_get(jax.tree.map(lambda x: x + 1, arrays['params'])))

@@ -66,7 +66,7 @@ def test_sweep_end_to_end(prune_config, tmp_path):
     assert os.path.getsize(os.path.join(workdir, name)) > 100
   # The retrained checkpoint carries the masks, and pruned weights are still exactly zero.
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, glob['dir'], 'retrained', 'checkpoints'))
-  saved = jax.device_get(ckpt._manager.restore(ckpt.latest_step())['state'])
+  saved = ckpt.restore_numpy(ckpt.latest_step())
   ckpt.close()
   for p, m in zip(jax.tree.leaves(saved['params']), jax.tree.leaves(saved['masks']), strict=True):
     assert np.all(np.asarray(p)[~np.asarray(m, bool)] == 0)
@@ -188,7 +188,7 @@ def test_retrain_without_dense_checkpoint_is_refused(prune_config, tmp_path):
 def _retrained_arrays(workdir, label='magnitude-global_s0.9'):
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, label, 'retrained', 'checkpoints'))
   step = ckpt.latest_step()
-  arrays = None if step is None else jax.device_get(ckpt._manager.restore(step)['state'])
+  arrays = None if step is None else ckpt.restore_numpy(step)
   ckpt.close()
   return step, arrays
 

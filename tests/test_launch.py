@@ -8,7 +8,6 @@ import sys
 import time
 
 import chex
-import jax
 
 from bigmodel_jax import checkpoint, training
 from tests.conftest import REPO_ROOT
@@ -96,6 +95,6 @@ def test_kill_dash_nine_then_rerun_matches_an_uninterrupted_run(tiny_config, tmp
 
   def final(path):
     ckpt = checkpoint.Checkpointer(os.path.join(path, 'checkpoints'))
-    return jax.device_get(ckpt._manager.restore(ckpt.latest_step())['state'])
+    return ckpt.restore_numpy(ckpt.latest_step())
 
   chex.assert_trees_all_equal(final(str(workdir)), final(straight))

@@ -16,6 +16,7 @@ import optax
 import pytest
 
 from bigmodel_jax import checkpoint, compress, data, models, parallel, train_state, training
+from bigmodel_jax.config import validate_parallelism
 from bigmodel_jax.errors import ConfigError
 
 LAYOUTS = {
@@ -29,6 +30,13 @@ def _parallelism(**overrides) -> ml_collections.ConfigDict:
   from configs import default
   config = default.get_config().parallelism
   config.update(overrides)
+  return config
+
+
+def _config(**parallelism) -> ml_collections.ConfigDict:
+  from configs import default
+  config = default.get_config()
+  config.parallelism.update(parallelism)
   return config
 
 
@@ -63,8 +71,43 @@ def test_mesh_shape_resolves_the_rest(data_size, fsdp, tensor, devices, expected
     (0, 1, 'positive size'),
 ])
 def test_bad_meshes_are_refused(data_size, fsdp, message):
+  config = _config(data=data_size, fsdp=fsdp)
   with pytest.raises(ConfigError, match=message):
-    parallel.mesh_shape(_parallelism(data=data_size, fsdp=fsdp), 8)
+    validate_parallelism(config)
+  with pytest.raises(ConfigError, match=message):
+    parallel.from_config(config)
+  with pytest.raises(ValueError, match='validate_parallelism'):
+    parallel.mesh_shape(config.parallelism, 8)
+
+
+@pytest.mark.parametrize('overrides,batch_size,message', [
+    ({'mode': 'nccl'}, 16, "config.parallelism.mode='nccl' is not accepted; use one of: single"),
+    ({'num_devices': 0}, 16, 'num_devices=0: use -1 \\(all\\) or a positive count'),
+    ({'num_devices': 16}, 16, 'num_devices=16, but only 8 devices are visible'),
+    ({'mode': 'single', 'tensor': 2}, 16, "tensor=2 needs mode='sharded'"),
+    ({'tensor': 0}, 16, 'tensor=0: use a positive size'),
+    ({'fsdp': -2}, 16, 'fsdp=-2: use a positive size or -1'),
+    ({'num_devices': 6}, 16, 'batch_size=16 does not divide over the 6 data-parallel shards of '
+                             'this run \\(mesh data=6 x fsdp=1\\)'),
+    ({'mode': 'pmap', 'num_devices': 3}, 16, 'over the 3 data-parallel shards of this run '
+                                             '\\(3 device\\(s\\)\\)'),
+    ({'tensor': 2, 'fsdp': 2}, 10, 'over the 4 data-parallel shards of this run '
+                                   '\\(mesh data=2 x fsdp=2 x tensor=2\\)'),
+])
+def test_validate_parallelism_names_the_key(overrides, batch_size, message):
+  config = _config(**overrides)
+  config.batch_size = batch_size
+  with pytest.raises(ConfigError, match=message):
+    validate_parallelism(config)
+
+
+def test_validate_parallelism_accepts_what_the_layouts_build():
+  for layout in (*LAYOUTS.values(), {'tensor': 2, 'fsdp': 2}, {'num_devices': 2, 'mode': 'pmap'}):
+    config = _config(**layout)
+    validate_parallelism(config)
+    par = parallel.from_config(config)
+    assert isinstance(par, parallel.LAYOUTS[config.parallelism.mode])
+    assert par.mode == config.parallelism.mode
 
 
 def test_fsdp_spec_splits_the_largest_divisible_dimension():
@@ -271,3 +314,43 @@ def test_tensor_axis_splits_heads_and_mlp_by_logical_names():
   assert state.masks['block_0']['attn']['out']['kernel'].sharding.spec == P('tensor', 'fsdp')
   with pytest.raises(ConfigError, match="needs mode='sharded'"):
     parallel.Parallelism(_parallelism(mode='pmap', tensor=2), batch_size=8, eval_batch_size=8)
+
+
+def test_sharding_rules_are_data_first_match_wins():
+  P = jax.sharding.PartitionSpec
+  par = parallel.Parallelism(_parallelism(data=2, fsdp=4), batch_size=8, eval_batch_size=8)
+  tree = {'params': {'Dense_0': {'kernel': np.zeros((784, 512)), 'bias': np.zeros(512)},
+                     'Dense_1': {'kernel': np.zeros((512, 12))}}}
+  specs = lambda strategy: jax.tree.map(lambda s: s.spec, parallel.infer_shardings(
+      tree, par.mesh, strategy, fsdp_min_size=1024))
+  default = specs(parallel.FSDP_STRATEGY)
+  assert default['params']['Dense_0']['kernel'] == P('fsdp', None)
+  assert default['params']['Dense_0']['bias'] == P()  # Below fsdp_min_size.
+  assert default['params']['Dense_1']['kernel'] == P('fsdp', None)
+  assert jax.tree.map(lambda s: s.spec, par.shardings(tree)) == default  # The layout's own rules.
+  # A rule that declines (None) lets the next pair decide; unmatched leaves are replicated.
+  by_hand = specs([(r'.*Dense_1/.*', 'replicate'),
+                   (r'params/.*', lambda path, shape, context: P(None, 'fsdp')
+                    if len(shape) == 2 and shape[1] % context.axis_sizes['fsdp'] == 0 else None)])
+  assert by_hand['params']['Dense_1']['kernel'] == P()
+  assert by_hand['params']['Dense_0']['kernel'] == P(None, 'fsdp')
+  assert by_hand['params']['Dense_0']['bias'] == P()
+  assert set(parallel.RULES) >= {'replicate', 'fsdp', 'logical'}
+  assert dict(parallel.LOGICAL_RULES)['heads'] == 'tensor'
+
+
+def test_each_mode_gets_its_layout_and_describes_it():
+  par = parallel.Parallelism(_parallelism(mode='single'), batch_size=8, eval_batch_size=8)
+  assert isinstance(par, parallel.SingleLayout) and len(par.devices) == 1
+  assert par.summary().startswith('single on 1 ') and 'mesh' not in par.summary()
+  assert par.describe_mesh() == '1 device(s)' and par.shards == 1
+  par = parallel.Parallelism(_parallelism(mode='pmap'), batch_size=8, eval_batch_size=8)
+  assert isinstance(par, parallel.PmapLayout) and par.describe()['mesh']['data'] == 8
+  assert par.local_rows(8) == slice(0, 8)
+  assert par.put_batch({'x': np.zeros((3, 8, 5))}, stacked=True)['x'].shape == (3, 8, 1, 5)
+  par = parallel.Parallelism(_parallelism(data=4, fsdp=2), batch_size=8, eval_batch_size=8)
+  assert isinstance(par, parallel.ShardedLayout) and par.shards == 8
+  assert 'mesh data=4 x fsdp=2' in par.summary()
+  batch = par.put_batch({'x': np.arange(16.0).reshape(2, 8)}, stacked=True)['x']
+  assert batch.sharding.spec == jax.sharding.PartitionSpec(None, parallel.BATCH_AXES)
+  np.testing.assert_array_equal(par.to_host(batch), np.arange(16.0).reshape(2, 8))

@@ -14,23 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from bigmodel_jax.errors import ConfigError
+from bigmodel_jax.tree import leaf_paths, match_paths, path_str  # noqa: F401  (re-exported)
 
 DEFAULT_INCLUDE = ('*kernel',)  # Dense/conv kernels; never biases, norms or embeddings.
-
-
-def path_str(path) -> str:
-  """'Dense_0/kernel' for a jax key path."""
-  return '/'.join(str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k)))) for k in path)
-
-
-def leaf_paths(tree: Any) -> list[str]:
-  """Path strings of the leaves of `tree`, in `jax.tree.leaves` order."""
-  return [path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(tree)]
-
-
-def match_paths(paths: Sequence[str], pattern: str) -> list[str]:
-  """Paths that the glob `pattern` matches (`*` spans '/', e.g. '*kernel', 'Dense_[01]/kernel')."""
-  return [p for p in paths if fnmatch.fnmatchcase(p, pattern)]
 
 
 def prunable_tree(params: Any, include: Sequence[str] = DEFAULT_INCLUDE,

@@ -44,7 +44,7 @@ class Phase:
   log_prefix: str = ''
 
 
-def evaluate(eval_call, par: parallel.Parallelism, state: train_state.TrainState,
+def evaluate(eval_call, par: parallel.Layout, state: train_state.TrainState,
              split: data.Split, batch_size: int) -> dict[str, float]:
   """Mean loss and accuracy over every example of `split` (padding masked out).
 

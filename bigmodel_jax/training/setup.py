@@ -38,7 +38,7 @@ class Run:
   datasets: data.Datasets
   steps: config_lib.Steps
   model: nn.Module
-  par: parallel.Parallelism
+  par: parallel.Layout
   tx: optax.GradientTransformation
   schedule: optax.Schedule
   masked: bool = False
