@@ -96,7 +96,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.profile_steps = 0  # >0: jax.profiler trace of about this many steps, in WORKDIR/profile.
   config.write_plot = True  # Write WORKDIR/curves.png at the end.
 
-  # --- Devices and hosts (bigmodel_jax/parallel.py) -------------------------
+  # --- Devices and hosts (bigmodel_jax/parallel/) ---------------------------
   config.parallelism = par = ml_collections.ConfigDict()
   # single  - plain jit on the first device (the reference).
   # pmap    - jax.pmap data parallelism: state replicated, batch split, gradients pmean-ed.

@@ -183,7 +183,7 @@ def train_chunks(split: Split, *, batch_size: int, steps_per_call: int, seed: in
                  rows: slice | None = None) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
   """Yields (step in epoch, chunk) for one epoch from `start_step` on.
 
-  `batch_size` is the global batch. With `rows` (on several hosts: `Parallelism.local_rows`)
+  `batch_size` is the global batch. With `rows` (on several hosts: `parallel.Layout.local_rows`)
   only those rows of every global batch are gathered, so each host reads just its share while
   all hosts agree on the global order.
 
