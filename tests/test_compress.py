@@ -128,6 +128,26 @@ def test_gradual_and_iterative(prune_config, dense_dir, tmp_path):
   assert np.sum(~np.asarray(first['masks']['Dense_2']['kernel'])) == 80  # 1 - (1 - .75) ** .5.
 
 
+def test_a_method_registered_in_one_place_runs_through_the_sweep(prune_config, tmp_path,
+                                                               monkeypatch):
+  from bigmodel_jax import config as config_lib
+  from bigmodel_jax import pruning
+  # Largest-first: prunes the biggest weights, so it must do worse than magnitude one-shot.
+  monkeypatch.setitem(pruning.METHODS, 'inverse', pruning.methods.Method(
+      'inverse', '-|w|', kinds=('global',), schedules=('one_shot',),
+      score=lambda params, **_: jax.tree.map(lambda w: -abs(w), params)))
+  prune_config.prune.variants = ('inverse/global', 'magnitude/global')
+  prune_config.prune.retrain_epochs = 0
+  rows = {r['variant']: r for r in compress.run(prune_config, str(tmp_path / 'sweep'))['rows']}
+  assert rows['inverse/global']['sparsity'] == pytest.approx(rows['magnitude/global']['sparsity'])
+  assert (rows['inverse/global']['one_shot_test_accuracy']
+          < rows['magnitude/global']['one_shot_test_accuracy'] - 0.2)
+  with pytest.raises(ConfigError, match='inverse supports the kinds global'):
+    config_lib.parse_variant('inverse/layerwise')
+  with pytest.raises(ValueError, match='registered already'):
+    pruning.methods.register(pruning.METHODS['inverse'])
+
+
 def test_bad_prune_configs_are_refused(prune_config, tmp_path):
   cases = [
       ('variants', ('magnitude/diagonal',), 'kind'),

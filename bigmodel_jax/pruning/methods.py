@@ -12,8 +12,9 @@ A method is named in a variant '<method>/<kind>' (`config.parse_variant`). Each 
 - `kinds` and `schedules` it supports, and whether it needs training batches (`needs_batches`,
   loss gradients) or calibrates on layer inputs (`calibrates`).
 
-Adding a method is one entry here (plus its score function): config validation, the sweep's
-dispatch and the gradual schedule all read this table.
+Adding a method is one entry here (plus its score function), or `register(Method(...))` from
+research code: config validation, the sweep's dispatch and the gradual schedule all read this
+table.
 """
 
 import dataclasses
@@ -93,6 +94,20 @@ _REGISTRY = (
 METHODS: dict[str, Method] = {m.name: m for m in _REGISTRY}
 
 
+def register(method: Method) -> Method:
+  """Adds `method` to the registry (e.g. from research code); its name must be new."""
+  if method.name in METHODS:
+    raise ValueError(f'A pruning method named {method.name!r} is registered already.')
+  unknown = set(method.kinds) - set(KINDS) or set(method.schedules) - set(SCHEDULES)
+  if unknown:
+    raise ValueError(f'Method {method.name!r}: {sorted(unknown)} are not kinds ({KINDS}) or '
+                     f'schedules ({SCHEDULES}).')
+  if (method.score is None) == (method.layer_rule is None):
+    raise ValueError(f'Method {method.name!r} needs exactly one of score and layer_rule.')
+  METHODS[method.name] = method
+  return method
+
+
 def get(name: str) -> Method:
   """The registered method `name`; ConfigError listing the names otherwise."""
   if name not in METHODS:
@@ -102,7 +117,7 @@ def get(name: str) -> Method:
 
 def supporting(*, kind: str | None = None, schedule: str | None = None) -> tuple[str, ...]:
   """Names of the methods that support `kind` and / or `schedule`."""
-  return tuple(m.name for m in _REGISTRY
+  return tuple(m.name for m in METHODS.values()
                if (kind is None or kind in m.kinds)
                and (schedule is None or schedule in m.schedules))
 
