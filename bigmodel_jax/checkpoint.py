@@ -94,6 +94,11 @@ class Checkpointer:
     logging.info('Restored checkpoint step %d from %s', step, self.directory)
     return restored['state'], restored['meta']
 
+  def restore_meta(self, step: int) -> dict[str, Any]:
+    """The JSON record saved with `step`, without reading any array."""
+    return self._manager.restore(step, args=ocp.args.Composite(
+        meta=ocp.args.JsonRestore()))['meta']
+
   def restore_arrays(self, step: int, device: jax.Device | None = None) -> Any:
     """The saved state arrays of `step` on one `device` (default: the first), needing no model
     or config: for inspecting or comparing checkpoints written on any number of devices.

@@ -1,5 +1,6 @@
 """Steps compiled ahead of time, once per input shape, with XLA's cost and memory logged."""
 
+import concurrent.futures
 import dataclasses
 import time
 from collections.abc import Callable
@@ -17,6 +18,9 @@ class CompiledCall:
 
   `flops` is XLA's cost analysis of the latest compiled program, per device. XLA counts the body
   of a loop once, so for `train.train_steps` (a `lax.scan`) it is the FLOPs of one step.
+  `compile_in_background` compiles for shapes known ahead (e.g. while the state initialises);
+  `seconds` counts only the compile time callers waited for, and `fresh` is (seconds, shape) of
+  the compile that the latest call used for the first time (None when it reused one).
   """
   fn: Callable[..., Any]
   name: str
@@ -26,16 +30,43 @@ class CompiledCall:
   seconds: float = 0.0
   flops: float | None = None
   memory: dict[str, int] | None = None
+  fresh: tuple[float, tuple] | None = None
   _compiled: dict = dataclasses.field(default_factory=dict)
+  _pending: dict = dataclasses.field(default_factory=dict)
+
+  @staticmethod
+  def _key(args: tuple) -> tuple:
+    return tuple((tuple(x.shape), str(x.dtype)) for x in jax.tree.leaves(args[1:]))
+
+  def compile_in_background(self, *abstract_args) -> None:
+    """Starts compiling for `abstract_args` (arrays or ShapeDtypeStructs with the call's
+    shardings) in a thread; the first call with those shapes uses it (waiting if need be)."""
+    key = self._key(abstract_args)
+    if not self.ahead_of_time or key in self._compiled or key in self._pending:
+      return
+    executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=self.name)
+    self._pending[key] = executor.submit(self._compile, key, abstract_args)
+    executor.shutdown(wait=False)
+
+  def wait(self) -> None:
+    """Blocks until the background compiles are done (their errors are raised at first use)."""
+    concurrent.futures.wait(list(self._pending.values()))
 
   def __call__(self, *args):
-    key = tuple((x.shape, str(x.dtype)) for x in jax.tree.leaves(args[1:]))
+    key = self._key(args)
+    self.fresh = None
     if not self.ahead_of_time:
       if key in self._compiled:
         return self.fn(*args)
       return self._first_call(key, args)
     if key not in self._compiled:
-      self._compiled[key] = self._compile(key, args)
+      start = time.perf_counter()
+      pending = self._pending.pop(key, None)
+      compiled, compile_seconds = pending.result() if pending else self._compile(key, args)
+      self.seconds += time.perf_counter() - start
+      self._compiled[key] = compiled
+      self._record(compiled)
+      self.fresh = (compile_seconds, key)
     return self._compiled[key](*args)
 
   def _first_call(self, key: tuple, args: tuple) -> Any:
@@ -48,19 +79,19 @@ class CompiledCall:
                  time.perf_counter() - start)
     return out
 
-  def _compile(self, key: tuple, args: tuple) -> Any:
+  def _compile(self, key: tuple, args: tuple) -> tuple[Any, float]:
     start = time.perf_counter()
     compiled = self.fn.lower(*args).compile()
-    self.seconds += time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    logging.info('Compiled %s for %s in %.2fs', self.name, [s for s, _ in key], seconds)
+    return compiled, seconds
+
+  def _record(self, compiled) -> None:
+    """Cost and memory of `compiled`, the latest shape put to use."""
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list | tuple) else cost
     flops = (cost or {}).get('flops')
     memory = compiled.memory_analysis()
     if memory is not None:
       self.memory = {k: int(getattr(memory, f'{k}_size_in_bytes', 0) or 0) for k in MEMORY_KINDS}
-    self.flops = float(flops) if flops else None  # Of the latest compiled shape.
-    logging.info('Compiled %s for %s in %.2fs: %s GFLOP per call (per device), memory %s',
-                 self.name, [s for s, _ in key], time.perf_counter() - start,
-                 f'{flops / 1e9:.3f}' if flops else '?',
-                 {k: f'{v / 2**20:.1f} MiB' for k, v in (self.memory or {}).items()})
-    return compiled
+    self.flops = float(flops) if flops else None

@@ -132,21 +132,19 @@ class Profiler:
 
 
 class CompileReport:
-  """One line when the train step (re)compiles: its time, FLOPs and memory."""
+  """One line when a call used a newly compiled shape: compile time, FLOPs and memory."""
 
   def __init__(self, console: metrics.Console, compiled: parallel.CompiledCall):
     self._console, self._compiled = console, compiled
-    self._seconds = compiled.seconds
 
   def __call__(self, chunk: Chunk, step_metrics: dict[str, np.ndarray]) -> None:
     del step_metrics
     c = self._compiled
-    if c.seconds > self._seconds and c.flops:
-      self._console.line(f'compiled a {chunk.k}-step call in {c.seconds - self._seconds:.1f}s: '
+    if c.fresh is not None and c.flops:
+      self._console.line(f'compiled a {chunk.k}-step call in {c.fresh[0]:.1f}s: '
                          f'{c.flops / 1e6:.4g} MFLOP per step per device; memory '
                          + ', '.join(f'{name} {size / 2**20:.2f} MiB'
                                      for name, size in (c.memory or {}).items()))
-    self._seconds = c.seconds
 
 
 def add_chunk(sums: dict[str, float], step_metrics: dict[str, np.ndarray], k: int) -> None:

@@ -94,21 +94,27 @@ def train(run: Run, workdir: str, phase: Phase = Phase(), *,
   lock = workdir_lib.lock_workdir(workdir)  # noqa: F841  (held until this function returns)
   console = metrics.Console(prefix=phase.log_prefix)
   ckpt = run.checkpointer(workdir, phase.keep_steps)
-  state, meta = workdir_lib.restore_or_init(run, ckpt, phase.initial_state)
-  eval_call = run.par.eval_call(loss_fn=run.eval_loss_fn)
-  if meta['step'] >= run.steps.total or meta['stopped_early']:
+  latest, saved = ckpt.latest_step(), {'step': 0, 'stopped_early': False}
+  if latest is not None:  # A checkpoint of another model is refused before anything else.
+    ckpt.check_compatible(latest, jax.eval_shape(run.init).arrays())
+    saved = ckpt.restore_meta(latest)
+    workdir_lib.check_data_position(saved, run.steps.per_epoch)
+  if _finished(run, saved):
     previous = report.read_results(workdir)
     if previous is not None:
       ckpt.close()
-      console.line(f'Run in {workdir} already finished at step {meta["step"]} '
+      console.line(f'Run in {workdir} already finished at step {latest} '
                    f'(eval_accuracy {previous["final_eval_accuracy"]:.4f}); nothing to do.')
       return previous
+  compiled = _train_call(run, phase, int(saved['step']))  # Compiles while the state is built.
+  state, meta = workdir_lib.restore_or_init(run, ckpt, phase.initial_state)
+  eval_call = run.par.eval_call(loss_fn=run.eval_loss_fn)
   config, steps = run.config, run.steps
   console.line(f'{config.name}: {train_state.param_count(state.params):,} params, '
                f'{len(run.datasets.train):,} train / {len(run.datasets.eval):,} eval examples, '
                f'{steps.per_epoch} steps/epoch, {steps.epochs} epochs; {run.par.summary()}'
                + (f'; resuming at step {meta["step"]}' if meta['step'] else ''))
-  state = _train_epochs(run, workdir, state, meta, ckpt, console, phase, wall, eval_call)
+  state = _train_epochs(run, workdir, state, meta, ckpt, console, wall, compiled, eval_call)
   results = _results(run, state, meta, eval_call, phase.prunable)
   path = report.write_results(workdir, results)
   if config.write_plot:
@@ -121,10 +127,44 @@ def train(run: Run, workdir: str, phase: Phase = Phase(), *,
   return results
 
 
-def _train_epochs(run, workdir, state, meta, ckpt, console, phase, wall, eval_call):
+def _finished(run: Run, meta: dict[str, Any]) -> bool:
+  return meta['step'] >= run.steps.total or meta['stopped_early']
+
+
+def _chunk_sizes(step: int, steps, steps_per_call: int) -> set[int]:
+  """The sizes of the chunks `data.train_chunks` yields for the rest of the epoch of `step`."""
+  epoch_start = step // steps.per_epoch * steps.per_epoch
+  end = min(epoch_start + steps.per_epoch, steps.total)
+  sizes = set()
+  while step < end:
+    k = min(steps_per_call - (step - epoch_start) % steps_per_call, end - step)
+    sizes.add(k)
+    step += k
+  return sizes
+
+
+def _train_call(run: Run, phase: Phase, start_step: int) -> parallel.CompiledCall:
+  """The compiled train call, already compiling (in a thread, while the state is built) for the
+  chunk shapes of the epoch that `start_step` is in."""
+  config = run.config
+  abstract = jax.eval_shape(run.init)
+  abstract = abstract.replace_arrays(run.par.abstract(abstract.arrays()))
+  compiled = run.par.train_call(abstract, loss_fn=run.train_loss_fn,
+                                before_step=phase.before_step)
+  split, rows = run.datasets.train, run.par.local_rows(config.batch_size)
+  for k in sorted(_chunk_sizes(start_step, run.steps, config.steps_per_call), reverse=True):
+    zeros = {name: np.zeros((k, rows.stop - rows.start, *x.shape[1:]), x.dtype)
+             for name, x in (('inputs', split.inputs), ('targets', split.targets))}
+    chunk = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, 'sharding', None)),
+        run.par.put_batch(zeros, stacked=True))
+    compiled.compile_in_background(abstract, chunk)
+  return compiled
+
+
+def _train_epochs(run, workdir, state, meta, ckpt, console, wall, compiled, eval_call):
   """Runs the remaining epochs; each ends with an evaluation and a checkpoint."""
   config, steps = run.config, run.steps
-  compiled = run.par.train_call(state, loss_fn=run.train_loss_fn, before_step=phase.before_step)
   learning_rate = hooks.learning_rate_fn(run.schedule)
   compile_base = meta['compile_time_s']
 

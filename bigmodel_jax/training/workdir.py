@@ -64,11 +64,15 @@ def restore_or_init(run, ckpt: checkpoint.Checkpointer,
       state = run.par.place(initial_state(state))
     return state, fresh_meta()
   state, meta = run.restore(ckpt, latest)
+  check_data_position(meta, run.steps.per_epoch)
+  return state, meta
+
+
+def check_data_position(meta: dict[str, Any], steps_per_epoch: int) -> None:
+  """ConfigError if the checkpoint's data position does not fit this run's epoch length."""
   step = int(meta['step'])
-  if 'data_position' in meta and meta['data_position'] != data_position(step,
-                                                                         run.steps.per_epoch):
+  if 'data_position' in meta and meta['data_position'] != data_position(step, steps_per_epoch):
     raise ConfigError(
         f'The checkpoint at step {step} was written with another epoch length '
         f'(data position {meta["data_position"]}); config.batch_size or the data limits changed: '
         'restore them or use a new --workdir.')
-  return state, meta
