@@ -2,6 +2,11 @@
 
 Kept short on purpose: it parses flags and hands the config to the library. Override any config
 value from the command line, e.g. `--config.optimizer.learning_rate=3e-4 --config.num_epochs=2`.
+
+The terminal shows the project's own lines, warnings and errors; `--verbosity=0` brings back the
+INFO logs of JAX, Orbax and TFDS (`--verbosity=1` their DEBUG logs). Compiled programs are kept in
+JAX's persistent compilation cache (`logs.XLA_CACHE_DIR`, or $JAX_COMPILATION_CACHE_DIR; set it
+empty to turn the cache off), so a second run of the same model skips most of its compile time.
 """
 
 import sys
@@ -9,18 +14,20 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from bigmodel_jax import compress, errors, loop, parallel
+from bigmodel_jax import compress, errors, logs, loop, parallel
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Folder for checkpoints, logs and results; re-use to resume.')
 config_flags.DEFINE_config_file('config', None, 'Path to a config file (configs/*.py).',
                                 lock_config=True)
 flags.mark_flags_as_required(['config', 'workdir'])
+logs.quiet_by_default()
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  logs.use_compilation_cache()
   try:
     parallel.initialize_distributed(FLAGS.config.parallelism)  # Before any other JAX call.
     if FLAGS.config.prune.enabled:
@@ -36,4 +43,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=logs.parse_flags)
