@@ -8,6 +8,8 @@ what it prepared, where results went) are printed by the project: `say` here, `m
 in the loops.
 """
 
+import contextlib
+import io
 import os
 import sys
 
@@ -52,3 +54,11 @@ def use_compilation_cache() -> None:
 def say(text: str) -> None:
   """Prints one of the project's lines for people (stdout, flushed at once)."""
   print(text, file=sys.stdout, flush=True)
+
+
+@contextlib.contextmanager
+def without_prints():
+  """Swallows what the body prints to stdout (TFDS prints two lines per prepared dataset that
+  repeat the project's own); stderr, where its progress bars go, is left alone."""
+  with contextlib.redirect_stdout(io.StringIO()):
+    yield

@@ -87,7 +87,8 @@ def _idx_source(data_config: ml_collections.ConfigDict, split: str):
       logs.say(f"Downloading {data_config.name}'s IDX files (config.data.idx_dir is ''); "
                'offline? point config.data.idx_dir at a folder holding them.')
       download_config = tfds.download.DownloadConfig()
-    builder.download_and_prepare(download_config=download_config, file_format='array_record')
+    with logs.without_prints():
+      builder.download_and_prepare(download_config=download_config, file_format='array_record')
   return builder.as_data_source(split)
 
 
