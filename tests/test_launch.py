@@ -54,6 +54,7 @@ def test_terminal_shows_the_projects_lines_only_unless_verbosity_asks(tiny_confi
   assert 'epoch 1/1' in quiet.stdout and 'Done:' in quiet.stdout
   assert not _info_lines(quiet.stderr), quiet.stderr[-3000:]
   assert not _info_lines(quiet.stdout)
+  assert list((tmp_path / 'quiet' / 'tensorboard').glob('events.out.tfevents.*'))
   # The same run with library INFO logs asked for: Orbax's checkpoint lines at least come back.
   loud = _run(_command(tiny_config, tmp_path / 'loud', '--config.num_train_steps=2',
                        '--verbosity=0'))
