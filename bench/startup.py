@@ -18,7 +18,9 @@ peer's whole-process wall time per round, the ratio to torch per round and the m
 Then `--phase_rounds` in-process breakdowns of the time to the first training step, calling the
 library in the order `loop.train_and_evaluate` does (imports, config and devices, data, model and
 logical axes, optimizer, checkpointer, state init, writers, step and learning-rate set-up, first
-chunk, compile, the first 100-step call), with the compilation cache cold and warm.
+chunk, compile, the first 100-step call): with the compilation cache cold, cold with the train
+step compiled from abstract shapes in a background thread meanwhile (a loop.py idea, tried
+here), and warm; and in `--baseline_repo` when given.
 Writes bench/out/startup.json. Nothing here asserts a speed.
 """
 
@@ -67,8 +69,34 @@ def machine() -> dict:
 
 
 # --- the in-process breakdown ------------------------------------------------------------------
-def worker_phases() -> dict:
-  """Times the set-up before the first training step, in `loop.train_and_evaluate`'s order."""
+def _compile_ahead(config, par, model, tx):
+  """The main job's train step compiled from abstract shapes alone: what a loop could do in a
+  background thread while the data loads. `model` and `tx` must be the objects the state will
+  be built with (they are static parts of its pytree)."""
+  import functools
+
+  import jax
+  import numpy as np
+
+  from bigmodel_jax import losses, train_state
+  from bigmodel_jax.data import idx
+  init = functools.partial(train_state.create_train_state, config.seed, model=model, tx=tx,
+                           input_shape=idx.IMAGE_SHAPE + (1,), masked=False,
+                           input_dtype=np.float32)
+  abstract = par.abstract(jax.eval_shape(init))
+  call = par.train_call(abstract, loss_fn=losses.train_loss(config.loss, config.label_smoothing))
+  k, batch = config.steps_per_call, config.batch_size
+  chunk = {'inputs': jax.ShapeDtypeStruct((k, batch, *idx.IMAGE_SHAPE, 1), np.float32),
+           'targets': jax.ShapeDtypeStruct((k, batch), np.int32)}
+  return call.fn.lower(abstract, chunk).compile()
+
+
+def worker_phases(overlap: bool = False) -> dict:
+  """Times the set-up before the first training step, in `loop.train_and_evaluate`'s order.
+
+  With `overlap`, the train step compiles in a background thread from abstract shapes while
+  the rest is set up (a recommendation for loop.py, measured here), and the first call waits.
+  """
   marks, clock = [], [START]
 
   def mark(name):
@@ -95,16 +123,32 @@ def worker_phases() -> dict:
   config_lib.validate(config)
   par = parallel.from_config(config)
   mark('config + devices')
+  ahead = None
+  if overlap:
+    import concurrent.futures
+
+    import numpy as np
+
+    from bigmodel_jax.data import idx, split_cache
+    folder = split_cache.prepared_dir(None, config.data.name)
+    with np.load(split_cache.path(folder, 'train')) as cached:  # Sizes from metadata.
+      n_train = len(cached['labels'])
+    early_model = models.create_model(config.model, idx.NUM_CLASSES)
+    early_tx, early_schedule = optim.create_optimizer(
+        config.optimizer, n_train // config.batch_size, EPOCHS * (n_train // config.batch_size))
+    ahead = concurrent.futures.ThreadPoolExecutor(1).submit(_compile_ahead, config, par,
+                                                            early_model, early_tx)
   workdir = tempfile.mkdtemp(prefix='startup-phases-')
   datasets = data.load_datasets(config.data)
   mark('data read')
-  model = models.create_model(config.model, datasets.num_classes)
+  model = models.create_model(config.model, datasets.num_classes) if not overlap else early_model
   par.set_logical_axes(models.logical_axes(model, datasets.train.inputs.shape[1:],
                                            datasets.train.inputs.dtype))
   mark('model + logical axes (eval_shape)')
   steps_per_epoch = len(datasets.train) // config.batch_size
-  tx, schedule = optim.create_optimizer(config.optimizer, steps_per_epoch,
-                                        EPOCHS * steps_per_epoch)
+  tx, schedule = (optim.create_optimizer(config.optimizer, steps_per_epoch,
+                                         EPOCHS * steps_per_epoch)
+                  if not overlap else (early_tx, early_schedule))
   train_loss_fn = losses.train_loss(config.loss, config.label_smoothing)
   init = functools.partial(train_state.create_train_state, config.seed, model=model, tx=tx,
                            input_shape=datasets.train.inputs.shape[1:], masked=False,
@@ -131,7 +175,8 @@ def worker_phases() -> dict:
                                     rows=par.local_rows(config.batch_size)))
   batch = par.put_batch(chunk, stacked=True)
   mark('first chunk (gather + put)')
-  compiled = compile_step.fn.lower(state, batch).compile()
+  compiled = (ahead.result() if ahead is not None
+              else compile_step.fn.lower(state, batch).compile())
   mark(f'compile ({config.steps_per_call}-step scan)')
   state, step_metrics = compiled(state, batch)
   jax.device_get(step_metrics)
@@ -181,9 +226,9 @@ def run_torch() -> dict:
           'first_step_s': out['first_step_s'] + out['start_time'] - start}
 
 
-def run_phases(repo: str, cache_dir: str) -> dict:
+def run_phases(repo: str, cache_dir: str, worker: str = 'phases') -> dict:
   start = time.time()
-  proc = subprocess.run([sys.executable, __file__, '--worker=phases'], cwd=repo,
+  proc = subprocess.run([sys.executable, __file__, f'--worker={worker}'], cwd=repo,
                         env=_env(repo, cache_dir), capture_output=True, text=True)
   if proc.returncode:
     raise RuntimeError(f'phases worker failed:\n{proc.stderr[-3000:]}')
@@ -208,8 +253,8 @@ def main():
   parser.add_argument('--phase_rounds', type=int, default=3)
   parser.add_argument('--worker', default=None)
   args = parser.parse_args()
-  if args.worker == 'phases':
-    print(json.dumps(worker_phases()))
+  if args.worker in ('phases', 'phases_overlap'):
+    print(json.dumps(worker_phases(overlap=args.worker == 'phases_overlap')))
     return
 
   peers = [p for p in args.peers.split(',') if p]
@@ -262,16 +307,18 @@ def main():
 
   breakdown = {}
   if args.phase_rounds:
-    kinds = (['before'] if args.baseline_repo else []) + ['cold', 'warm']
+    kinds = (['before'] if args.baseline_repo else []) + ['cold', 'cold+overlap', 'warm']
     samples = {kind: [] for kind in kinds}
     for r in range(args.phase_rounds):
       for kind in (kinds if r % 2 == 0 else kinds[::-1]):
-        repo, cache = REPO, tempfile.mkdtemp(dir=scratch)
+        repo, cache, worker = REPO, tempfile.mkdtemp(dir=scratch), 'phases'
         if kind == 'warm':
           cache = warm_dir
         elif kind == 'before':
           repo, cache = args.baseline_repo, ''
-        samples[kind].append(run_phases(repo, cache))
+        elif kind == 'cold+overlap':
+          worker = 'phases_overlap'
+        samples[kind].append(run_phases(repo, cache, worker))
     names = list(samples['cold'][0])
     print(f'\nTime to the first training step, in-process, median of {args.phase_rounds} '
           f'rounds ({", ".join(kinds)}), seconds:\n')
