@@ -9,6 +9,8 @@ JAX's persistent compilation cache (`logs.XLA_CACHE_DIR`, or $JAX_COMPILATION_CA
 empty to turn the cache off), so a second run of the same model skips most of its compile time.
 """
 
+import atexit
+import os
 import sys
 
 from absl import app, flags
@@ -40,6 +42,17 @@ def main(argv):
   except errors.NonFiniteLossError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(3)
+  _exit_now()
+
+
+def _exit_now():
+  """Ends a finished run without tearing the interpreter down module by module (~0.8 s with JAX,
+  Orbax and TFDS loaded, on 2 cores): the run's files are closed and its checkpoints finalized
+  by now; exit handlers (logging, jax.distributed's shutdown) still run, streams are flushed."""
+  atexit._run_exitfuncs()  # noqa: SLF001  (what a normal exit runs first)
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(0)
 
 
 if __name__ == '__main__':
