@@ -21,6 +21,7 @@ XLA_CACHE_DIR = os.path.join(os.environ.get('XDG_CACHE_HOME') or os.path.expandu
                              'bigmodel_jax', 'xla')
 # Programs that compile faster than this are not worth a cache file (the learning-rate jit, ...).
 XLA_CACHE_MIN_COMPILE_S = 0.1
+_quieted_cpp = []  # Non-empty once quiet_by_default set TF_CPP_MIN_LOG_LEVEL itself.
 
 
 def quiet_by_default() -> None:
@@ -28,7 +29,9 @@ def quiet_by_default() -> None:
   `parse_flags` to `app.run` (absl's own parser raises an unset verbosity to INFO)."""
   flags.FLAGS.set_default('verbosity', absl_logging.WARNING)  # What --helpfull shows.
   # C++ parts (XLA, gRPC of jax.distributed) read this when they first log: INFO off, WARNING on.
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
+  if 'TF_CPP_MIN_LOG_LEVEL' not in os.environ:
+    os.environ['TF_CPP_MIN_LOG_LEVEL'] = '1'
+    _quieted_cpp.append(True)
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -37,6 +40,8 @@ def parse_flags(argv: list[str]) -> list[str]:
   rest = app.parse_flags_with_usage(argv)
   if flags.FLAGS['verbosity'].using_default_value:
     flags.FLAGS.verbosity = absl_logging.WARNING  # Marks it set, so absl leaves it alone.
+  elif flags.FLAGS.verbosity >= absl_logging.INFO and _quieted_cpp:
+    os.environ['TF_CPP_MIN_LOG_LEVEL'] = '0'  # Asked for INFO: the C++ parts' too.
   return rest
 
 
