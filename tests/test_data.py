@@ -1,5 +1,7 @@
 import gzip
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -9,7 +11,7 @@ from bigmodel_jax import data
 from bigmodel_jax.data import idx
 from bigmodel_jax.errors import DataError
 from configs import default
-from tests.conftest import make_images
+from tests.conftest import REPO_ROOT, make_images
 
 
 def _data_config(idx_dir, tfds_dir, **overrides):
@@ -161,3 +163,80 @@ def test_builder_download_path_fetches_the_registered_urls(idx_dir, tmp_path):
              for url in manager.urls)
   examples = list(generators['test'])
   assert len(examples) == 200 and examples[0][1]['image'].shape == (28, 28)
+
+
+def _uncached_split(config, split):
+  from bigmodel_jax.data import pipeline
+  return pipeline._read_source(pipeline._idx_source(config, split), config, split)
+
+
+def test_split_cache_lives_in_the_prepared_folder_and_matches_tfds(idx_dir, tmp_path):
+  from bigmodel_jax.data import idx_builder, split_cache
+  config = _data_config(idx_dir, str(tmp_path))
+  first = data.load_datasets(config)  # Prepares, reads through TFDS, writes the cache.
+  builder = idx_builder.IdxImages(config='fashion_mnist', data_dir=str(tmp_path))
+  folder = split_cache.prepared_dir(str(tmp_path), 'fashion_mnist')
+  assert os.path.samefile(folder, str(builder.data_dir))
+  for split in ('train', 'test'):
+    cached = split_cache.read(folder, split)
+    assert cached is not None
+    for got, want in zip(cached, _uncached_split(config, split), strict=True):
+      assert got.dtype == want.dtype
+      np.testing.assert_array_equal(got, want)
+  train_images, _ = _uncached_split(config, 'train')
+  assert split_cache.read_stats(folder, 'train') == data.pipeline.normalisation(train_images)
+  again = data.load_datasets(config)  # From the cache.
+  for a, b in ((first.train, again.train), (first.eval, again.eval)):
+    np.testing.assert_array_equal(a.inputs, b.inputs)
+    np.testing.assert_array_equal(a.targets, b.targets)
+  assert (first.mean, first.std) == (again.mean, again.std)
+
+
+def test_split_cache_is_rebuilt_when_stale_or_corrupt(idx_dir, tmp_path):
+  from bigmodel_jax.data import split_cache
+  config = _data_config(idx_dir, str(tmp_path))
+  reference = data.load_datasets(config)
+  folder = split_cache.prepared_dir(str(tmp_path), 'fashion_mnist')
+  file = split_cache.path(folder, 'train')
+
+  info = os.path.join(folder, 'dataset_info.json')
+  os.utime(info, ns=(os.stat(info).st_atime_ns, os.stat(info).st_mtime_ns + 10**9))
+  assert split_cache.read(folder, 'train') is None  # The prepared dataset changed: stale.
+  assert split_cache.read_stats(folder, 'train') is None
+
+  def check_rebuilt():
+    datasets = data.load_datasets(config)
+    np.testing.assert_array_equal(datasets.train.inputs, reference.train.inputs)
+    np.testing.assert_array_equal(datasets.train.targets, reference.train.targets)
+    assert split_cache.read(folder, 'train') is not None
+
+  check_rebuilt()
+  with open(file, 'r+b') as f:  # Flip bytes inside the images.
+    f.seek(os.path.getsize(file) // 2)
+    f.write(b'\xff' * 64)
+  assert split_cache.read(folder, 'train') is None
+  check_rebuilt()
+  with open(file, 'r+b') as f:
+    f.truncate(os.path.getsize(file) // 3)
+  assert split_cache.read(folder, 'train') is None
+  check_rebuilt()
+
+
+def test_preprocess_by_table_is_the_elementwise_arithmetic():
+  images = np.arange(256, dtype=np.uint8).reshape(4, 8, 8, 1)
+  want = (images.astype(np.float32) * np.float32(1 / 255) - np.float32(0.286)) / np.float32(0.353)
+  got = data.preprocess(images, 0.286, 0.353)
+  assert got.dtype == np.float32
+  np.testing.assert_array_equal(got, want)
+
+
+def test_a_cached_dataset_is_read_without_importing_tfds(idx_dir, tfds_dir):
+  data.load_datasets(_data_config(idx_dir, tfds_dir))  # Prepared and cached.
+  code = ('import sys; from bigmodel_jax import data; from configs import default; '
+          f'c = default.get_config().data; c.idx_dir, c.tfds_data_dir = {idx_dir!r}, {tfds_dir!r}; '
+          'd = data.load_datasets(c); assert len(d.train) == 600; '
+          "print('tensorflow_datasets' in sys.modules)")
+  out = subprocess.run([sys.executable, '-c', code], cwd=REPO_ROOT, capture_output=True,
+                       text=True, timeout=120)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert out.stdout.strip() == 'False'

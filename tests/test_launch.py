@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -36,6 +37,39 @@ def test_two_step_run_end_to_end(tiny_config, tmp_path):
   again = _run(_command(tiny_config, workdir, '--config.num_train_steps=2',
                         '--config.optimizer.learning_rate=3e-4'))
   assert again.returncode == 0 and 'already finished' in again.stdout
+
+
+# absl's line format (Python libraries) and XLA's / gRPC's C++ one: 'I1201 12:00:00.1 ...'.
+_INFO_LINE = re.compile(r'^I\d{4} \d\d:\d\d:\d\d')
+
+
+def _info_lines(text):
+  return [line for line in text.splitlines() if _INFO_LINE.match(line)]
+
+
+def test_terminal_shows_the_projects_lines_only_unless_verbosity_asks(tiny_config, tmp_path):
+  quiet = _run(_command(tiny_config, tmp_path / 'quiet', '--config.num_train_steps=2'))
+  assert quiet.returncode == 0, quiet.stderr[-3000:]
+  assert 'epoch 1/1' in quiet.stdout and 'Done:' in quiet.stdout
+  assert not _info_lines(quiet.stderr), quiet.stderr[-3000:]
+  assert not _info_lines(quiet.stdout)
+  assert list((tmp_path / 'quiet' / 'tensorboard').glob('events.out.tfevents.*'))
+  # The same run with library INFO logs asked for: Orbax's checkpoint lines at least come back.
+  loud = _run(_command(tiny_config, tmp_path / 'loud', '--config.num_train_steps=2',
+                       '--verbosity=0'))
+  assert loud.returncode == 0, loud.stderr[-3000:]
+  assert 'Done:' in loud.stdout
+  assert any('checkpoint' in line for line in _info_lines(loud.stderr)), loud.stderr[-3000:]
+
+
+def test_a_pruning_sweep_stays_quiet(tiny_config, tmp_path):
+  proc = _run(_command(tiny_config, tmp_path / 'sweep', '--config.num_train_steps=4',
+                       '--config.prune.enabled=True', '--config.prune.retrain_steps=2',
+                       '--config.prune.score_batches=1', '--config.prune.measure_latency=False',
+                       '--config.write_plot=False'), timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'Dense model:' in proc.stdout
+  assert not _info_lines(proc.stderr), proc.stderr[-3000:]
 
 
 def test_misspelled_key_is_refused_before_compute(tiny_config, tmp_path):

@@ -10,6 +10,12 @@ from bigmodel_jax.errors import DataError
 IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions.
 LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension.
 SPLIT_PREFIXES = {'train': 'train', 'test': 't10k'}
+IMAGE_SHAPE = (28, 28)
+NUM_CLASSES = 10
+# Name and version of `idx_builder.IdxImages` (TFDS derives the name from the class): here so
+# that the split cache finds a prepared dataset's folder without importing TFDS.
+BUILDER_NAME = 'idx_images'
+BUILDER_VERSION = '1.0.0'
 
 
 def _open(path: str):

@@ -17,14 +17,14 @@ _URLS = {
     'mnist': 'https://storage.googleapis.com/cvdf-datasets/mnist/',
     'fashion_mnist': 'http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/',
 }
-IMAGE_SHAPE = (28, 28)
-NUM_CLASSES = 10
+IMAGE_SHAPE = idx.IMAGE_SHAPE
+NUM_CLASSES = idx.NUM_CLASSES
 
 
 class IdxImages(tfds.core.GeneratorBasedBuilder):
   """MNIST-format image classification (28x28 uint8 images, 10 classes) from IDX files."""
 
-  VERSION = tfds.core.Version('1.0.0')
+  VERSION = tfds.core.Version(idx.BUILDER_VERSION)
   RELEASE_NOTES = {'1.0.0': 'Raw uint8 tensors in array_record, no TensorFlow needed.'}
   BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=name) for name in _URLS]
   MANUAL_DOWNLOAD_INSTRUCTIONS = (

@@ -5,6 +5,10 @@ source (array_record, random access), preprocessed once, and every epoch only dr
 and gathers batches by fancy indexing. Measured on 2 CPU cores this serves far more examples per
 second than the train step consumes (bench/input_pipeline.py). The pipeline never touches
 devices: it yields numpy arrays and the training loop decides where they go.
+
+Splits of our IDX datasets are cached beside the prepared TFDS files (`split_cache`), so a run
+whose dataset is prepared reads two arrays and never imports TFDS; TFDS (imported only when a
+dataset must be read through it) stays the source of truth.
 """
 
 import dataclasses
@@ -13,10 +17,9 @@ from collections.abc import Iterator
 
 import ml_collections
 import numpy as np
-import tensorflow_datasets as tfds
-from absl import logging
 
-from bigmodel_jax.data import idx_builder, text
+from bigmodel_jax import logs
+from bigmodel_jax.data import idx, split_cache
 from bigmodel_jax.errors import DataError
 
 IMAGE_DATASETS = ('mnist', 'fashion_mnist')
@@ -66,6 +69,9 @@ def _data_dir(data_config: ml_collections.ConfigDict) -> str | None:
 
 
 def _idx_source(data_config: ml_collections.ConfigDict, split: str):
+  import tensorflow_datasets as tfds  # Late, as everywhere here: ~0.3 s to import.
+
+  from bigmodel_jax.data import idx_builder
   builder = idx_builder.IdxImages(config=data_config.name, data_dir=_data_dir(data_config))
   if not builder.is_prepared():
     if data_config.idx_dir:
@@ -74,18 +80,20 @@ def _idx_source(data_config: ml_collections.ConfigDict, split: str):
             f'config.data.idx_dir={data_config.idx_dir!r} is not a folder: point it at the four '
             f'{data_config.name} IDX files (for Fashion-MNIST on Debian/Ubuntu: apt-get install '
             "dataset-fashion-mnist), or set it to '' to download them.")
-      logging.info('Preparing %s from %s into %s', data_config.name, data_config.idx_dir,
-                   builder.data_dir)
+      logs.say(f'Preparing {data_config.name} from {data_config.idx_dir} into '
+               f'{builder.data_dir} (once)')
       download_config = tfds.download.DownloadConfig(manual_dir=data_config.idx_dir)
     else:
-      logging.info("Downloading %s's IDX files (config.data.idx_dir is ''); offline? point "
-                   'config.data.idx_dir at a folder holding them.', data_config.name)
+      logs.say(f"Downloading {data_config.name}'s IDX files (config.data.idx_dir is ''); "
+               'offline? point config.data.idx_dir at a folder holding them.')
       download_config = tfds.download.DownloadConfig()
-    builder.download_and_prepare(download_config=download_config, file_format='array_record')
+    with logs.without_prints():
+      builder.download_and_prepare(download_config=download_config, file_format='array_record')
   return builder.as_data_source(split)
 
 
 def _tfds_source(data_config: ml_collections.ConfigDict, split: str):
+  import tensorflow_datasets as tfds
   try:
     return tfds.data_source(data_config.name, split=split, data_dir=_data_dir(data_config),
                             download=True)
@@ -96,8 +104,29 @@ def _tfds_source(data_config: ml_collections.ConfigDict, split: str):
 
 
 def read_split(data_config: ml_collections.ConfigDict, split: str) -> tuple[np.ndarray, np.ndarray]:
-  """Reads a whole split: images [n, h, w, c] uint8 and labels [n] int32."""
-  source = (_idx_source if data_config.source == 'idx' else _tfds_source)(data_config, split)
+  """Reads a whole split: images [n, h, w, c] uint8 and labels [n] int32.
+
+  Source 'idx' reads the split cache when it matches the prepared dataset, else TFDS (preparing
+  the dataset first if needed), and then caches what TFDS gave.
+  """
+  if data_config.source == 'idx':
+    folder = _cache_dir(data_config)
+    cached = split_cache.read(folder, split)
+    if cached is not None:
+      return cached
+    images, labels = _read_source(_idx_source(data_config, split), data_config, split)
+    split_cache.write(folder, split, images, labels,
+                      stats=normalisation(images) if split == 'train' else None)
+    return images, labels
+  return _read_source(_tfds_source(data_config, split), data_config, split)
+
+
+def _cache_dir(data_config: ml_collections.ConfigDict) -> str:
+  return split_cache.prepared_dir(_data_dir(data_config), data_config.name)
+
+
+def _read_source(source, data_config: ml_collections.ConfigDict,
+                 split: str) -> tuple[np.ndarray, np.ndarray]:
   n = len(source)
   if n == 0:
     raise DataError(f'{data_config.name} split {split!r} is empty at {_data_dir(data_config)}: '
@@ -113,14 +142,27 @@ def read_split(data_config: ml_collections.ConfigDict, split: str) -> tuple[np.n
   return images, labels
 
 
+def normalisation(images: np.ndarray) -> tuple[float, float]:
+  """(mean, std) of uint8 `images` scaled to [0, 1], in float32 as numpy computes them."""
+  scaled = images.astype(np.float32) / 255
+  return float(scaled.mean()), float(scaled.std())
+
+
 def preprocess(images: np.ndarray, mean: float, std: float) -> np.ndarray:
   """uint8 images -> float32 scaled to [0, 1], then (x - mean) / std."""
-  x = images.astype(np.float32) * np.float32(1 / 255)
-  return (x - np.float32(mean)) / np.float32(std)
+  if images.dtype != np.uint8:
+    x = images.astype(np.float32) * np.float32(1 / 255)
+    return (x - np.float32(mean)) / np.float32(std)
+  # The same float32 operations on the 256 possible values, then one gather: bit for bit the
+  # elementwise result, ~3x faster on 47M pixels.
+  table = (np.arange(256, dtype=np.float32) * np.float32(1 / 255) - np.float32(mean)) / np.float32(
+      std)
+  return table[images]
 
 
 def load_text_datasets(data_config: ml_collections.ConfigDict) -> Datasets:
   """Character windows of the text dataset: train (every window), validation (eval) and test."""
+  from bigmodel_jax.data import text  # Late: it imports TFDS.
   splits = text.read_text_splits(os.path.expanduser(data_config.text_dir),
                                  _data_dir(data_config))
   vocab = text.Vocabulary(''.join(sorted(set(b''.join(splits.values()).decode('latin-1')))))
@@ -162,13 +204,15 @@ def load_datasets(data_config: ml_collections.ConfigDict) -> Datasets:
 
   mean, std = 0.0, 1.0
   if data_config.normalize:
-    scaled = train_images.astype(np.float32) / 255
-    mean, std = float(scaled.mean()), float(scaled.std())
+    whole_train = (data_config.source == 'idx' and data_config.max_train_examples <= 0
+                   and data_config.validation_size <= 0)
+    stats = split_cache.read_stats(_cache_dir(data_config), 'train') if whole_train else None
+    mean, std = stats if stats is not None else normalisation(train_images)
   make = lambda im, lb: Split(preprocess(im, mean, std), lb)
   if data_config.validation_size > 0:
     test = make(test_images, test_labels)
   return Datasets(train=make(train_images, train_labels), eval=make(eval_images, eval_labels),
-                  test=test, num_classes=idx_builder.NUM_CLASSES, mean=mean, std=std)
+                  test=test, num_classes=idx.NUM_CLASSES, mean=mean, std=std)
 
 
 def epoch_permutation(num_examples: int, *, seed: int, epoch: int, shuffle: bool) -> np.ndarray:

@@ -19,6 +19,7 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
+from bigmodel_jax import logs
 from bigmodel_jax.errors import DataError
 
 URL = 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt'
@@ -76,8 +77,11 @@ def read_text_splits(text_dir: str, data_dir: str | None) -> dict[str, bytes]:
     if text_dir and not os.path.isfile(os.path.join(text_dir, FILE_NAME)):
       raise DataError(f'config.data.text_dir={text_dir!r} holds no {FILE_NAME}: point it at the '
                       "folder of Tiny Shakespeare's input.txt, or set it to '' to download it.")
+    logs.say(f'Preparing tiny_shakespeare from {text_dir or "its download URL"} into '
+             f'{builder.data_dir} (once)')
     config = tfds.download.DownloadConfig(manual_dir=text_dir or None)
-    builder.download_and_prepare(download_config=config, file_format='array_record')
+    with logs.without_prints():
+      builder.download_and_prepare(download_config=config, file_format='array_record')
   out = {}
   for name in SPLITS:
     source = builder.as_data_source(name)
