@@ -1,5 +1,6 @@
 """Wall-clock timing of compiled functions, for latency figures (never asserted in tests)."""
 
+import os
 import statistics
 import time
 
@@ -69,3 +70,16 @@ def matmul_peak_gflops(n: int = 4096, repeats: int = 5) -> float:
   a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jax.numpy.float32)
   matmul = jax.jit(lambda a, b: a @ b)
   return 2 * n ** 3 / best_seconds(lambda: matmul(a, a).block_until_ready(), repeats) / 1e9
+
+
+def process_age_s() -> float | None:
+  """Seconds since this process started (Linux /proc, 10 ms resolution); None elsewhere."""
+  try:
+    with open('/proc/self/stat') as f:
+      # Field 22 (starttime, in clock ticks since boot) follows the ')' that ends field 2.
+      start_ticks = int(f.read().rsplit(')', 1)[1].split()[19])
+    with open('/proc/uptime') as f:
+      uptime = float(f.read().split()[0])
+  except (OSError, ValueError, IndexError):
+    return None
+  return uptime - start_ticks / os.sysconf('SC_CLK_TCK')

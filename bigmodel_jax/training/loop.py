@@ -18,7 +18,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from bigmodel_jax import data, metrics, parallel, pruning, report, train_state
+from bigmodel_jax import data, metrics, parallel, pruning, report, timing, train_state
 from bigmodel_jax.train import StateHook
 from bigmodel_jax.training import hooks
 from bigmodel_jax.training import workdir as workdir_lib
@@ -74,10 +74,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 
 class _WallClock:
-  """Seconds of this session, handed out once each (`lap`) to the checkpoints' wall time."""
+  """Seconds of this session, handed out once each (`lap`) to the checkpoints' wall time, and
+  the start-up marks of results.json (`mark`: seconds since the process started)."""
 
   def __init__(self, started_at: float | None):
     self._last = time.monotonic() if started_at is None else started_at
+    age = timing.process_age_s()
+    self._offset = None if age is None else age - time.monotonic()
+    self.startup = {}
+    if started_at is not None:
+      self.mark('imports_s', started_at)  # When train_and_evaluate was called.
+    self.mark('run_set_up_s')
+
+  def mark(self, name: str, at: float | None = None) -> None:
+    """Records `at` (default: now; time.monotonic) as seconds since the process started."""
+    if self._offset is not None and name not in self.startup:
+      self.startup[name] = self._offset + (time.monotonic() if at is None else at)
 
   def lap(self) -> float:
     now = time.monotonic()
@@ -108,6 +120,7 @@ def train(run: Run, workdir: str, phase: Phase = Phase(), *,
       return previous
   compiled = _train_call(run, phase, int(saved['step']))  # Compiles while the state is built.
   state, meta = workdir_lib.restore_or_init(run, ckpt, phase.initial_state)
+  wall.mark('state_ready_s')
   eval_call = run.par.eval_call(loss_fn=run.eval_loss_fn)
   config, steps = run.config, run.steps
   console.line(f'{config.name}: {train_state.param_count(state.params):,} params, '
@@ -116,6 +129,7 @@ def train(run: Run, workdir: str, phase: Phase = Phase(), *,
                + (f'; resuming at step {meta["step"]}' if meta['step'] else ''))
   state = _train_epochs(run, workdir, state, meta, ckpt, console, wall, compiled, eval_call)
   results = _results(run, state, meta, eval_call, phase.prunable)
+  results['startup'] = wall.startup
   path = report.write_results(workdir, results)
   if config.write_plot:
     report.plot_curves(workdir, meta['history'], f'{config.name} ({config.data.name})')
@@ -189,7 +203,7 @@ def _train_epochs(run, workdir, state, meta, ckpt, console, wall, compiled, eval
       if meta['step'] >= steps.total or meta['stopped_early']:
         break
       progress.start_epoch()
-      state, timer = _train_epoch(run, compiled, state, meta, epoch, ckpt, chunk_hooks)
+      state, timer = _train_epoch(run, compiled, state, meta, epoch, ckpt, chunk_hooks, wall)
       elapsed = timer.elapsed()
       evaluation = evaluate(eval_call, run.par, state, run.datasets.eval,
                             run.par.eval_batch_size)
@@ -229,7 +243,7 @@ def _train_epochs(run, workdir, state, meta, ckpt, console, wall, compiled, eval
   return state
 
 
-def _train_epoch(run, compiled, state, meta, epoch, ckpt, chunk_hooks):
+def _train_epoch(run, compiled, state, meta, epoch, ckpt, chunk_hooks, wall):
   """One epoch's steps from where `meta['step']` stands; returns (state, its timer)."""
   config, steps = run.config, run.steps
   epoch_start = epoch * steps.per_epoch
@@ -246,6 +260,7 @@ def _train_epoch(run, compiled, state, meta, epoch, ckpt, chunk_hooks):
     state, step_metrics = compiled(state, run.par.put_batch(chunk, stacked=True))
     upcoming = next(chunks, None)  # Gather the next chunk while this one computes.
     step_metrics = jax.device_get(step_metrics)
+    wall.mark('first_call_done_s')
     hooks.check_finite(step_metrics, meta['step'], ckpt)
     meta['step'] += k
     timer.steps += k
