@@ -109,6 +109,9 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_config, tm
   with pytest.raises(NonFiniteLossError, match=r'at step \d+.*last good checkpoint is step 32'):
     training.train_and_evaluate(tiny_config, workdir)
   assert _final_arrays(workdir)[0] == 32
+  fresh = str(tmp_path / 'fresh')  # Before any checkpoint: no step to name, what to do instead.
+  with pytest.raises(NonFiniteLossError, match='No checkpoint was written yet: lower optimizer'):
+    training.train_and_evaluate(tiny_config, fresh)
 
 
 def test_a_workdir_of_another_model_is_refused(tiny_config, tmp_path):
