@@ -108,7 +108,7 @@ def train(run: Run, workdir: str, phase: Phase = Phase(), *,
   ckpt = run.checkpointer(workdir, phase.keep_steps)
   latest, saved = ckpt.latest_step(), {'step': 0, 'stopped_early': False}
   if latest is not None:  # A checkpoint of another model is refused before anything else.
-    ckpt.check_compatible(latest, jax.eval_shape(run.init).arrays())
+    ckpt.check_compatible(latest, run.abstract_state.arrays())
     saved = ckpt.restore_meta(latest)
     workdir_lib.check_data_position(saved, run.steps.per_epoch)
   if _finished(run, saved):
@@ -161,8 +161,7 @@ def _train_call(run: Run, phase: Phase, start_step: int) -> parallel.CompiledCal
   """The compiled train call, already compiling (in a thread, while the state is built) for the
   chunk shapes of the epoch that `start_step` is in."""
   config = run.config
-  abstract = jax.eval_shape(run.init)
-  abstract = abstract.replace_arrays(run.par.abstract(abstract.arrays()))
+  abstract = run.abstract_state.replace_arrays(run.par.abstract(run.abstract_state.arrays()))
   compiled = run.par.train_call(abstract, loss_fn=run.train_loss_fn,
                                 before_step=phase.before_step)
   split, rows = run.datasets.train, run.par.local_rows(config.batch_size)

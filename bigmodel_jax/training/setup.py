@@ -63,6 +63,11 @@ class Run:
                              input_shape=self.input_shape, masked=self.masked,
                              input_dtype=self.datasets.train.inputs.dtype)
 
+  @functools.cached_property
+  def abstract_state(self) -> TrainState:
+    """`init`'s output as ShapeDtypeStructs (traced once per run)."""
+    return jax.eval_shape(self.init)
+
   def checkpointer(self, workdir: str, keep_steps: Sequence[int] = ()) -> checkpoint.Checkpointer:
     """The Orbax checkpointer of a training workdir (WORKDIR/checkpoints)."""
     return checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'),
@@ -72,7 +77,7 @@ class Run:
   def restore(self, ckpt: checkpoint.Checkpointer, step: int) -> tuple[TrainState, dict]:
     """(state, meta) of checkpoint `step`, restored straight into this run's shardings,
     whatever device count wrote it."""
-    abstract = jax.eval_shape(self.init)
+    abstract = self.abstract_state
     arrays, meta = ckpt.restore(step, self.par.abstract(abstract.arrays()))
     return abstract.replace_arrays(arrays), meta
 
