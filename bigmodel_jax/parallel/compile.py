@@ -48,10 +48,6 @@ class CompiledCall:
     self._pending[key] = executor.submit(self._compile, key, abstract_args)
     executor.shutdown(wait=False)
 
-  def wait(self) -> None:
-    """Blocks until the background compiles are done (their errors are raised at first use)."""
-    concurrent.futures.wait(list(self._pending.values()))
-
   def __call__(self, *args):
     key = self._key(args)
     self.fresh = None

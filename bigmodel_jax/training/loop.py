@@ -106,11 +106,7 @@ def train(run: Run, workdir: str, phase: Phase = Phase(), *,
   lock = workdir_lib.lock_workdir(workdir)  # noqa: F841  (held until this function returns)
   console = metrics.Console(prefix=phase.log_prefix)
   ckpt = run.checkpointer(workdir, phase.keep_steps)
-  latest, saved = ckpt.latest_step(), {'step': 0, 'stopped_early': False}
-  if latest is not None:  # A checkpoint of another model is refused before anything else.
-    ckpt.check_compatible(latest, run.abstract_state.arrays())
-    saved = ckpt.restore_meta(latest)
-    workdir_lib.check_data_position(saved, run.steps.per_epoch)
+  latest, saved = workdir_lib.saved_progress(run, ckpt)  # Refuses a wrong checkpoint first.
   if _finished(run, saved):
     previous = report.read_results(workdir)
     if previous is not None:
@@ -119,7 +115,7 @@ def train(run: Run, workdir: str, phase: Phase = Phase(), *,
                    f'(eval_accuracy {previous["final_eval_accuracy"]:.4f}); nothing to do.')
       return previous
   compiled = _train_call(run, phase, int(saved['step']))  # Compiles while the state is built.
-  state, meta = workdir_lib.restore_or_init(run, ckpt, phase.initial_state)
+  state, meta = workdir_lib.restore_or_init(run, ckpt, latest, phase.initial_state)
   wall.mark('state_ready_s')
   eval_call = run.par.eval_call(loss_fn=run.eval_loss_fn)
   config, steps = run.config, run.steps

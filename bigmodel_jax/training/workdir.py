@@ -1,7 +1,7 @@
 """A training workdir: its lock, and what a checkpoint's JSON side ('meta') holds between sessions.
 
-Restore order (one place): this workdir's newest checkpoint > the phase's `initial_state`
-(e.g. pruned params and masks) > a fresh initialisation.
+Restore order (one place): this workdir's newest checkpoint (checked first by `saved_progress`)
+> the phase's `initial_state` (e.g. pruned params and masks) > a fresh initialisation.
 """
 
 import fcntl
@@ -46,33 +46,44 @@ def data_position(step: int, steps_per_epoch: int) -> dict[str, int]:
   return {'epoch': step // steps_per_epoch, 'step_in_epoch': step % steps_per_epoch}
 
 
-def restore_or_init(run, ckpt: checkpoint.Checkpointer,
+def saved_progress(run, ckpt: checkpoint.Checkpointer) -> tuple[int | None, dict[str, Any]]:
+  """(newest step or None, its JSON record) of the workdir, checked before any array is read.
+
+  Raises:
+    CheckpointMismatchError: the checkpoint holds another model or optimizer.
+    ConfigError: it was written with another epoch length (batch size or data limits).
+  """
+  latest = ckpt.latest_step()
+  if latest is None:
+    return None, fresh_meta()
+  ckpt.check_compatible(latest, run.abstract_state.arrays())
+  meta = ckpt.restore_meta(latest)
+  step = int(meta['step'])
+  if 'data_position' in meta and meta['data_position'] != data_position(step,
+                                                                         run.steps.per_epoch):
+    raise ConfigError(
+        f'The checkpoint at step {step} was written with another epoch length '
+        f'(data position {meta["data_position"]}); config.batch_size or the data limits changed: '
+        'restore them or use a new --workdir.')
+  return latest, meta
+
+
+def restore_or_init(run, ckpt: checkpoint.Checkpointer, latest: int | None,
                     initial_state: Callable[[TrainState], TrainState] | None = None
                     ) -> tuple[TrainState, dict[str, Any]]:
-  """(state, meta) to continue from: the newest checkpoint, else a fresh (or given) start.
+  """(state, meta) to continue from: checkpoint `latest` (from `saved_progress`), else a fresh
+  (or given) start.
 
   Args:
     run: the `setup.Run`.
     ckpt: the workdir's checkpointer.
+    latest: the step to restore, None for a workdir without a checkpoint.
     initial_state: maps the freshly initialised state to the starting one; used only when the
       workdir has no checkpoint yet.
   """
-  latest = ckpt.latest_step()
   if latest is None:
     state = run.par.init(run.init)
     if initial_state is not None:
       state = run.par.place(initial_state(state))
     return state, fresh_meta()
-  state, meta = run.restore(ckpt, latest)
-  check_data_position(meta, run.steps.per_epoch)
-  return state, meta
-
-
-def check_data_position(meta: dict[str, Any], steps_per_epoch: int) -> None:
-  """ConfigError if the checkpoint's data position does not fit this run's epoch length."""
-  step = int(meta['step'])
-  if 'data_position' in meta and meta['data_position'] != data_position(step, steps_per_epoch):
-    raise ConfigError(
-        f'The checkpoint at step {step} was written with another epoch length '
-        f'(data position {meta["data_position"]}); config.batch_size or the data limits changed: '
-        'restore them or use a new --workdir.')
+  return run.restore(ckpt, latest)
