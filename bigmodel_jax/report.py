@@ -19,9 +19,14 @@ def write_results(workdir: str, results: dict[str, Any]) -> str:
   path = os.path.join(workdir, RESULTS_FILE)
   if jax.process_index() != 0:
     return path
+  return write_json(path, results)
+
+
+def write_json(path: str, value: Any) -> str:
+  """Writes `value` as JSON to a temporary name, then renames it (never a torn file)."""
   tmp = path + '.tmp'
   with open(tmp, 'w') as f:
-    json.dump(results, f, indent=2, sort_keys=True)
+    json.dump(value, f, indent=2, sort_keys=True)
     f.write('\n')
   os.replace(tmp, path)
   return path

@@ -4,6 +4,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
 
+from bigmodel_jax.models.llama import Llama
 from bigmodel_jax.models.mlp import MLP
 from bigmodel_jax.models.transformer import GPT, ViT
 
@@ -60,5 +61,5 @@ def create_model(model_config: ml_collections.ConfigDict, num_outputs: int) -> n
   return MODELS[model_config.name](model_config, num_outputs)
 
 
-__all__ = ['DTYPES', 'GPT', 'MLP', 'MODELS', 'TEXT_MODELS', 'ViT', 'create_model',
+__all__ = ['DTYPES', 'GPT', 'Llama', 'MLP', 'MODELS', 'TEXT_MODELS', 'ViT', 'create_model',
            'logical_axes']
