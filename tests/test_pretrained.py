@@ -188,3 +188,49 @@ def test_llama_rejects_heads_that_do_not_group():
   with pytest.raises(ValueError, match='multiple of num_kv_heads'):
     Llama(vocab_size=8, num_heads=4, num_kv_heads=3).init(jax.random.PRNGKey(0),
                                                           jnp.zeros((1, 2), jnp.int32))
+
+
+def _hf_guide_perplexity(model, ids, context, stride):
+  """The windows of Hugging Face's guide 'Perplexity of fixed-length models', on torch."""
+  ids = torch.tensor(ids)[None]
+  nll_sum, count, prev_end = 0.0, 0, 0
+  for begin in range(0, ids.shape[1], stride):
+    end = min(begin + context, ids.shape[1])
+    target_len = end - prev_end
+    inputs = ids[:, begin:end]
+    labels = inputs.clone()
+    labels[:, :-target_len] = -100
+    with torch.no_grad():
+      loss = model(inputs, labels=labels).loss
+    # transformers shifts the labels left by one: the loss is the mean over labels[:, 1:].
+    # (The guide's code then weights it by (labels != -100).sum() - 1, one too few for windows
+    # whose first label is not at position 0; the true count is used here.)
+    valid = int((labels[:, 1:] != -100).sum())
+    nll_sum += float(loss) * valid
+    count += valid
+    prev_end = end
+    if end == ids.shape[1]:
+      break
+  return float(np.exp(nll_sum / count)), count
+
+
+@pytest.mark.parametrize('context,stride', [(16, 16), (16, 5), (12, 7)])
+def test_perplexity_follows_the_transformers_guide(saved, context, stride):
+  from bigmodel_jax import perplexity
+  reference, folder = saved['llama-gqa-untied']
+  pre = pretrained.load(folder)
+  ids = np.random.default_rng(1).integers(0, VOCAB, 61)
+  ours = perplexity.evaluate(pre.model.apply, pre.params, ids, context=context, stride=stride,
+                             batch_size=3)
+  want, count = _hf_guide_perplexity(reference, ids, context, stride)
+  assert ours['tokens'] == count
+  assert ours['perplexity'] == pytest.approx(want, rel=1e-5)
+
+
+def test_perplexity_refuses_impossible_windows():
+  from bigmodel_jax import perplexity
+  for kwargs in (dict(context=1, stride=1), dict(context=8, stride=9), dict(context=8, stride=0)):
+    with pytest.raises(ConfigError, match='context='):
+      perplexity.windows(100, **kwargs)
+  with pytest.raises(ConfigError, match='at least 2 tokens'):
+    perplexity.windows(1, 8, 8)
