@@ -221,12 +221,14 @@ class Llama(nn.Module):
     """Query heads per key/value head."""
     return self.num_heads // self.num_kv_heads
 
+  @nn.nowrap
   def layer_sizes(self, i: int) -> tuple[int, int, int]:
     """(query heads, key/value heads, MLP units) of block i."""
     kv = self.kv_heads_per_layer[i] if self.kv_heads_per_layer else self.num_kv_heads
     mlp = self.mlp_dims_per_layer[i] if self.mlp_dims_per_layer else self.mlp_dim
     return kv * self.group_size, kv, mlp
 
+  @nn.nowrap
   def block(self, i: int) -> LlamaBlock:
     """Block i as an unbound module: `model.block(i).apply({'params': params['block_i']}, ...)`
     runs one block alone (the sequential one-shot pruning does)."""
