@@ -32,7 +32,9 @@ def main(argv):
   logs.use_compilation_cache()
   try:
     parallel.initialize_distributed(FLAGS.config.parallelism)  # Before any other JAX call.
-    if FLAGS.config.prune.enabled:
+    if FLAGS.config.get('job') == 'prune_pretrained':
+      compress.pretrained_lm.run(FLAGS.config, FLAGS.workdir)
+    elif FLAGS.config.prune.enabled:
       compress.run(FLAGS.config, FLAGS.workdir)
     else:
       training.train_and_evaluate(FLAGS.config, FLAGS.workdir)

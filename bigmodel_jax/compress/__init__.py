@@ -24,9 +24,14 @@ global | layerwise (unstructured), neuron (structured: whole hidden units, physi
 afterwards), heads (structured: whole attention heads of a GPT / ViT, scored by the norm of what
 each adds to the residual stream - or at random, the control - then physically removed) or N:M
 such as 2:4 (semi-structured).
+
+A pretrained language model (Llama-family, GPT-2; Hugging Face folder or GGUF) has its own
+workflow, `pretrained_lm` (configs/smollm2_prune.py): load -> dense perplexity -> per variant
+one-shot prune block by block, evaluate, recover, export.
 """
 
+from bigmodel_jax.compress import pretrained_lm
 from bigmodel_jax.compress.report import markdown_table, plot_sweep
 from bigmodel_jax.compress.sweep import run, run_variant
 
-__all__ = ['markdown_table', 'plot_sweep', 'run', 'run_variant']
+__all__ = ['markdown_table', 'pretrained_lm', 'plot_sweep', 'run', 'run_variant']

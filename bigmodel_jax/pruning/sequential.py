@@ -49,6 +49,15 @@ class Owl:
   lam: float = 0.08
 
 
+def prunable_tree(params: Any, layers: tuple[str, ...] = LAYERS) -> Any:
+  """Bool tree like params: True for the kernels `prune` takes (`layers` of every block)."""
+  def take(path, _):
+    names = [str(getattr(k, 'key', k)) for k in path]
+    return (len(names) == 4 and names[0].startswith('block_') and names[-1] == 'kernel'
+            and '/'.join(names[1:3]) in layers)
+  return jax.tree_util.tree_map_with_path(take, params)
+
+
 def calibration_windows(tokens, num: int, length: int, seed: int) -> np.ndarray:
   """`num` windows [num, length] of consecutive tokens at random offsets (seeded), as the papers
   draw calibration data from their training text."""

@@ -1,0 +1,331 @@
+"""The launchable workflow for a pretrained language model: load -> dense perplexity -> for each
+variant: prune one-shot, evaluate, optionally recover, export -> one results table and a plot.
+
+    python launch.py --config=configs/smollm2_prune.py --workdir=runs/smollm2
+
+Resumable like the MLP sweep: the dense evaluation is WORKDIR/dense.json, each variant has its
+folder WORKDIR/<label>/ with an Orbax checkpoint of the pruned {params, masks} ('pruned'), of the
+recovered ones ('recovered', saved every `recover.checkpoint_every` steps), and its finished
+row.json; a killed run continues from the last of them. Every JSON, markdown and plot is
+written to a temporary name and renamed.
+
+Variants (`prune.variants`): '<method>/<target>' with method magnitude | wanda | sparsegpt |
+owl-wanda | owl-sparsegpt and target a sparsity (0.5) or an N:M pattern (2:4).
+"""
+
+import dataclasses
+import hashlib
+import json
+import os
+import resource
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from bigmodel_jax import checkpoint, logs, perplexity, pretrained, pruning, report
+from bigmodel_jax.data import text as text_data
+from bigmodel_jax.errors import ConfigError
+from bigmodel_jax.pruning import sequential
+from bigmodel_jax.training import workdir as workdir_lib
+
+METHODS = ('magnitude', 'wanda', 'sparsegpt', 'owl-wanda', 'owl-sparsegpt')
+RESULTS_MD = 'results.md'
+PLOT = 'perplexity.png'
+
+
+@dataclasses.dataclass(frozen=True)
+class LmVariant:
+  """One variant: a method and either a sparsity or an N:M pattern."""
+  method: str
+  sparsity: float | None = None
+  n: int = 0
+  m: int = 0
+
+  @property
+  def label(self) -> str:
+    target = f'{self.n}:{self.m}' if self.n else f'{self.sparsity:g}'
+    return f'{self.method}/{target}'
+
+  @property
+  def slug(self) -> str:
+    return self.label.replace('/', '_').replace(':', '-')
+
+  @property
+  def pattern(self) -> str:
+    return f'{self.n}:{self.m}' if self.n else f'{self.sparsity:.0%} unstructured'
+
+
+def parse_variant(text: str) -> LmVariant:
+  """'wanda/0.5', 'sparsegpt/2:4', 'owl-wanda/0.7' -> LmVariant (ConfigError otherwise)."""
+  method, _, target = str(text).partition('/')
+  if method not in METHODS or not target:
+    raise ConfigError(f'prune.variants entry {text!r}: use <method>/<sparsity or N:M> with a '
+                      f'method in {", ".join(METHODS)}, e.g. wanda/0.5 or sparsegpt/2:4.')
+  if ':' in target and method.startswith('owl-'):
+    raise ConfigError(f'prune.variants entry {text!r}: OWL sets per-block sparsities and takes '
+                      'a sparsity, not an N:M pattern.')
+  try:
+    if ':' in target:
+      n, m = (int(x) for x in target.split(':'))
+      if not 0 < n < m:
+        raise ValueError
+      return LmVariant(method, n=n, m=m)
+    sparsity = float(target)
+  except ValueError:
+    raise ConfigError(f'prune.variants entry {text!r}: the target must be a sparsity in (0, 1) '
+                      'or N:M with 0 < N < M.') from None
+  if not 0 < sparsity < 1:
+    raise ConfigError(f'prune.variants entry {text!r}: the sparsity must be in (0, 1).')
+  return LmVariant(method, sparsity=sparsity)
+
+
+def validate(config: ml_collections.ConfigDict) -> list[LmVariant]:
+  """Checks the keys of a pretrained-LM config (configs/smollm2_prune.py); its variants."""
+  positive = {'model.max_len': config.model.max_len, 'eval.context': config.eval.context,
+              'eval.batch_size': config.eval.batch_size, 'eval.num_tokens': config.eval.num_tokens,
+              'calibration.num': config.calibration.num,
+              'calibration.length': config.calibration.length,
+              'calibration.batch_size': config.calibration.batch_size}
+  for key, value in positive.items():
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+      raise ConfigError(f'config.{key}={value!r} is invalid: it must be a positive integer.')
+  if config.eval.context > config.model.max_len:
+    raise ConfigError(f'config.eval.context={config.eval.context} exceeds config.model.max_len='
+                      f'{config.model.max_len}.')
+  if not 1 <= config.eval.stride <= config.eval.context:
+    raise ConfigError(f'config.eval.stride={config.eval.stride} must be in [1, eval.context].')
+  for key in ('recover.steps', 'recover.checkpoint_every', 'seed'):
+    value = config[key.split('.')[0]][key.split('.')[1]] if '.' in key else config[key]
+    if not isinstance(value, int) or value < 0:
+      raise ConfigError(f'config.{key}={value!r} is invalid: it must be an integer >= 0.')
+  if not config.recover.learning_rate > 0:
+    raise ConfigError(f'config.recover.learning_rate={config.recover.learning_rate!r} must be '
+                      '> 0.')
+  if not config.prune.variants:
+    raise ConfigError('config.prune.variants is empty: name at least one, e.g. wanda/0.5.')
+  return [parse_variant(v) for v in config.prune.variants]
+
+
+def _fingerprint(config) -> str:
+  keys = {k: config[k].to_dict() for k in ('model', 'data', 'calibration', 'eval', 'recover')}
+  return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclasses.dataclass
+class _Job:
+  config: ml_collections.ConfigDict
+  workdir: str
+  pre: pretrained.Pretrained
+  train_tokens: np.ndarray
+  eval_tokens: np.ndarray
+  fingerprint: str
+
+  def perplexity(self, params) -> dict[str, float]:
+    e = self.config.eval
+    return perplexity.evaluate(self.pre.model.apply, params, self.eval_tokens, context=e.context,
+                               stride=e.stride, batch_size=e.batch_size)
+
+
+def _tokens(config, tokenizer) -> tuple[np.ndarray, np.ndarray]:
+  """(train tokens, held-out tokens): the text's train split, and its test split's first
+  `eval.num_tokens` tokens."""
+  d = config.data
+  splits = text_data.read_text_splits(d.text_dir, d.tfds_data_dir or None)
+  encode = lambda b: np.asarray(tokenizer.encode(b.decode('utf-8')), np.int32)
+  return encode(splits['train']), encode(splits[d.eval_split])[:config.eval.num_tokens]
+
+
+def _read_row(path: str, fingerprint: str) -> dict | None:
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      row = json.load(f)
+  except json.JSONDecodeError:
+    return None  # A torn file from an older version: recompute.
+  return row if row.get('fingerprint') == fingerprint else None
+
+
+def _prune(job: _Job, variant: LmVariant, directory: str):
+  """(params, masks, meta) of a variant's one-shot prune, restored when saved earlier."""
+  ckpt = checkpoint.Checkpointer(directory, async_save=False)
+  try:
+    params = job.pre.params
+    target = {'params': params, 'masks': pruning.ones_like(params)}
+    if ckpt.latest_step() is not None:
+      arrays, meta = ckpt.restore(ckpt.latest_step(), jax.tree.map(
+          lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), target))
+      return arrays['params'], arrays['masks'], meta
+    c = job.config.calibration
+    windows = sequential.calibration_windows(job.train_tokens, c.num, c.length, c.seed)
+    owl = sequential.Owl(job.config.prune.owl_m, job.config.prune.owl_lam) \
+        if variant.method.startswith('owl-') else None
+    method = variant.method.removeprefix('owl-')
+    new, masks, info = sequential.prune(
+        job.pre.model, params, windows, method=method, sparsity=variant.sparsity, n=variant.n,
+        m=variant.m, owl=owl, batch_size=c.batch_size, block_size=job.config.prune.block_size,
+        damp=job.config.prune.damp, log=lambda line: logs.say(f'[{variant.label}] {line}'))
+    meta = {'prune_seconds': info['seconds'], 'block_sparsity': info.get('block_sparsity'),
+            'outlier_ratio': info.get('outlier_ratio')}
+    ckpt.save(0, {'params': new, 'masks': masks}, meta)
+    ckpt.wait()
+    return new, masks, meta
+  finally:
+    ckpt.close()
+
+
+def _recover(job: _Job, params, masks, directory: str) -> tuple[Any, dict]:
+  """A short masked fine-tune (Adam, pruned weights stay 0) on train windows; resumable."""
+  r, length = job.config.recover, job.config.calibration.length
+  tx = pruning.masked(optax.adamw(r.learning_rate, weight_decay=0.0))
+  model = job.pre.model
+
+  def loss_fn(p, batch):
+    logits = model.apply({'params': p}, batch[:, :-1])
+    return optax.softmax_cross_entropy_with_integer_labels(logits, batch[:, 1:]).mean()
+
+  @jax.jit
+  def step(p, opt_state, batch):
+    loss, grads = jax.value_and_grad(loss_fn)(p, batch)
+    updates, opt_state = tx.update(grads, opt_state, p, masks=masks)
+    return optax.apply_updates(p, updates), opt_state, loss
+
+  state = {'params': params, 'opt_state': tx.init(params)}
+  ckpt = checkpoint.Checkpointer(directory, async_save=False, max_to_keep=1)
+  try:
+    first, losses = 0, []
+    if ckpt.latest_step() is not None:
+      state, meta = ckpt.restore(ckpt.latest_step(), jax.tree.map(
+          lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state))
+      first, losses = ckpt.latest_step(), meta['losses']
+    rng = np.random.default_rng(r.seed)
+    starts = rng.integers(0, len(job.train_tokens) - length - 1, (r.steps, r.batch_size))
+    p, opt_state = state['params'], state['opt_state']
+    for s in range(first, r.steps):
+      batch = np.stack([job.train_tokens[i:i + length + 1] for i in starts[s]])
+      p, opt_state, loss = step(p, opt_state, jnp.asarray(batch))
+      losses.append(float(loss))
+      if (s + 1) % r.checkpoint_every == 0 or s + 1 == r.steps:
+        ckpt.save(s + 1, {'params': p, 'opt_state': opt_state}, {'losses': losses})
+        logs.say(f'recover: step {s + 1}/{r.steps}, loss {np.mean(losses[-50:]):.3f}')
+    ckpt.wait()
+    return p, {'recover_steps': r.steps, 'recover_final_loss': float(np.mean(losses[-50:]))}
+  finally:
+    ckpt.close()
+
+
+def run_variant(job: _Job, variant: LmVariant) -> dict[str, Any]:
+  """One row: prune, perplexity, recover (optional), perplexity, export."""
+  directory = os.path.join(job.workdir, variant.slug)
+  row_path = os.path.join(directory, 'row.json')
+  cached = _read_row(row_path, job.fingerprint)
+  if cached is not None:
+    return cached
+  os.makedirs(directory, exist_ok=True)
+  params, masks, meta = _prune(job, variant, os.path.join(directory, 'pruned'))
+  prunable = sequential.prunable_tree(params)
+  stats = pruning.sparsity_stats(params, masks, prunable)
+  row = {'fingerprint': job.fingerprint, 'variant': variant.label, 'method': variant.method,
+         'pattern': variant.pattern, 'sparsity': stats['sparsity'], **meta}
+  row['perplexity'] = job.perplexity(params)['perplexity']
+  logs.say(f'[{variant.label}] perplexity {row["perplexity"]:.2f} (sparsity '
+           f'{stats["sparsity"]:.1%}, pruned in {meta["prune_seconds"]:.1f} s)')
+  if job.config.recover.steps:
+    params, recovered = _recover(job, params, masks, os.path.join(directory, 'recovered'))
+    row.update(recovered, recovered_perplexity=job.perplexity(params)['perplexity'])
+    logs.say(f'[{variant.label}] after {job.config.recover.steps} recovery steps: perplexity '
+             f'{row["recovered_perplexity"]:.2f}')
+  if job.config.export:
+    folder = os.path.join(directory, 'export')
+    files = pretrained.save(folder, job.pre.model, params, hf_config=job.pre.hf_config,
+                            tokenizer=job.pre.tokenizer)
+    row['export_bytes'] = int(sum(os.path.getsize(os.path.join(folder, f)) for f in files))
+  report.write_json(row_path, row)
+  return row
+
+
+def markdown(results: dict[str, Any]) -> str:
+  """The results table: one row per variant, beside the dense model."""
+  dense = results['dense']['perplexity']
+  recover = any('recovered_perplexity' in r for r in results['rows'])
+  head = '| variant | pattern | sparsity | perplexity | x dense |' + (
+      ' recovered |' if recover else '') + ' prune s |'
+  lines = [f'Dense perplexity {dense:.2f} on {results["dense"]["tokens"]} tokens '
+           f'(context {results["dense"]["context"]}, stride {results["dense"]["stride"]}).', '',
+           head, '|' + '---|' * (head.count('|') - 1)]
+  for r in results['rows']:
+    cells = [r['variant'], r['pattern'], f'{r["sparsity"]:.1%}', f'{r["perplexity"]:.2f}',
+             f'{r["perplexity"] / dense:.2f}']
+    if recover:
+      cells.append(f'{r["recovered_perplexity"]:.2f}' if 'recovered_perplexity' in r else '-')
+    cells.append(f'{r["prune_seconds"]:.1f}')
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines) + '\n'
+
+
+def plot(results: dict[str, Any], path: str) -> None:
+  """Perplexity per variant (log scale), the dense model as a line."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  rows = results['rows']
+  fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(rows)), 4.5))
+  ax.bar(range(len(rows)), [r['perplexity'] for r in rows], color='tab:blue', label='one-shot')
+  if any('recovered_perplexity' in r for r in rows):
+    ax.scatter(range(len(rows)), [r.get('recovered_perplexity', np.nan) for r in rows],
+               color='tab:orange', zorder=3, label='recovered')
+  ax.axhline(results['dense']['perplexity'], color='k', linestyle='--', label='dense')
+  ax.set_xticks(range(len(rows)), [r['variant'] for r in rows], rotation=45, ha='right')
+  ax.set_yscale('log')
+  ax.set_ylabel('perplexity (held-out text)')
+  ax.set_title(results['model'])
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path + '.tmp.png', dpi=120)
+  plt.close(fig)
+  os.replace(path + '.tmp.png', path)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """The whole workflow (see the module docstring); returns the results."""
+  variants = validate(config)
+  os.makedirs(workdir, exist_ok=True)
+  lock = workdir_lib.lock_workdir(workdir)
+  try:
+    start = time.perf_counter()
+    pre = pretrained.load(config.model.pretrained, max_len=config.model.max_len)
+    if pre.tokenizer is None:
+      raise ConfigError(f'{pre.source} has no tokenizer (tokenizer.json); it is needed to read '
+                        'the text.')
+    train_tokens, eval_tokens = _tokens(config, pre.tokenizer)
+    job = _Job(config, workdir, pre, train_tokens, eval_tokens, _fingerprint(config))
+    params_count = pretrained.convert.count_params(pre.params)
+    logs.say(f'Loaded {pre.source} ({params_count:,} params) in {time.perf_counter() - start:.1f}'
+             f' s; {len(train_tokens):,} train tokens, {len(eval_tokens):,} held-out tokens')
+    dense_path = os.path.join(workdir, 'dense.json')
+    dense = _read_row(dense_path, job.fingerprint)
+    if dense is None:
+      dense = {**job.perplexity(pre.params), 'fingerprint': job.fingerprint}
+      report.write_json(dense_path, dense)
+    logs.say(f'dense: perplexity {dense["perplexity"]:.2f} on {dense["tokens"]} tokens')
+    rows = [run_variant(job, v) for v in variants]
+    results = {'model': os.path.basename(pre.source), 'params': params_count, 'dense': dense,
+               'rows': rows, 'calibration': config.calibration.to_dict(),
+               'peak_host_memory_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+               'wall_time_s': time.perf_counter() - start}
+    report.write_results(workdir, results)
+    table = markdown(results)
+    with open(os.path.join(workdir, RESULTS_MD + '.tmp'), 'w') as f:
+      f.write(table)
+    os.replace(os.path.join(workdir, RESULTS_MD + '.tmp'), os.path.join(workdir, RESULTS_MD))
+    plot(results, os.path.join(workdir, PLOT))
+    logs.say(table)
+    return results
+  finally:
+    if lock is not None:
+      lock.close()

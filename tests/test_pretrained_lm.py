@@ -1,0 +1,103 @@
+"""The pretrained-LM compression workflow end to end on a tiny Llama folder (no network)."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from bigmodel_jax import pretrained
+from bigmodel_jax.compress import pretrained_lm
+from bigmodel_jax.data import text
+from bigmodel_jax.errors import ConfigError
+
+torch = pytest.importorskip('torch')
+transformers = pytest.importorskip('transformers')
+tokenizers = pytest.importorskip('tokenizers')
+
+PHRASES = ['to be, or not to be: that is the question.\n', 'all the world is a stage,\n',
+           'now is the winter of our discontent\n', 'a horse! a horse! my kingdom for a horse!\n']
+
+
+@pytest.fixture(scope='module')
+def folders(tmp_path_factory):
+  """(text dir, model folder): generated text, and a tiny Llama + BPE tokenizer trained on it."""
+  rng = np.random.default_rng(0)
+  text_dir = tmp_path_factory.mktemp('text')
+  body = ''.join(PHRASES[i] for i in rng.integers(0, len(PHRASES), 600))
+  (text_dir / text.FILE_NAME).write_text(body)
+  backend = tokenizers.Tokenizer(tokenizers.models.BPE(unk_token='<unk>'))
+  backend.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+  backend.decoder = tokenizers.decoders.BPEDecoder()
+  trainer = tokenizers.trainers.BpeTrainer(vocab_size=96, special_tokens=['<unk>', '<s>'])
+  backend.train_from_iterator(PHRASES * 20, trainer)
+  model_dir = str(tmp_path_factory.mktemp('model'))
+  config = transformers.LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=64,
+                                    num_hidden_layers=2, num_attention_heads=4,
+                                    num_key_value_heads=2, tie_word_embeddings=True)
+  torch.manual_seed(0)
+  transformers.AutoModelForCausalLM.from_config(config).save_pretrained(model_dir)
+  pretrained.Tokenizer(backend, '<s>', '<s>').save(model_dir)
+  return str(text_dir), model_dir
+
+
+def _config(folders, tmp_path):
+  from configs import smollm2_prune
+  config = smollm2_prune.get_config()
+  config.data.text_dir, config.model.pretrained = folders
+  config.data.tfds_data_dir = str(tmp_path / 'tfds')
+  config.model.max_len = 32
+  config.calibration.num, config.calibration.length, config.calibration.batch_size = 4, 16, 2
+  config.eval.num_tokens, config.eval.context, config.eval.stride = 200, 32, 32
+  config.prune.variants = ('magnitude/0.5', 'wanda/2:4', 'owl-sparsegpt/0.5')
+  config.prune.block_size = 16
+  config.recover.steps, config.recover.batch_size, config.recover.checkpoint_every = 3, 2, 2
+  return config
+
+
+def test_workflow_runs_resumes_and_exports(folders, tmp_path):
+  config = _config(folders, tmp_path)
+  workdir = str(tmp_path / 'run')
+  results = pretrained_lm.run(config, workdir)
+  assert [r['variant'] for r in results['rows']] == ['magnitude/0.5', 'wanda/2:4',
+                                                     'owl-sparsegpt/0.5']
+  for row in results['rows']:
+    assert row['sparsity'] == pytest.approx(0.5, abs=0.01)
+    assert np.isfinite(row['perplexity']) and np.isfinite(row['recovered_perplexity'])
+    assert row['recover_steps'] == 3
+  assert results['dense']['tokens'] > 0 and results['peak_host_memory_mb'] > 0
+  owl = results['rows'][2]
+  assert np.mean(owl['block_sparsity']) == pytest.approx(0.5, abs=1e-6)
+  for name in ('results.json', 'results.md', 'perplexity.png'):
+    assert os.path.exists(os.path.join(workdir, name))
+  # The export reloads in transformers with the pruned weights: zeros where the masks said.
+  export = os.path.join(workdir, 'wanda_2-4', 'export')
+  reloaded = transformers.AutoModelForCausalLM.from_pretrained(export, dtype=torch.float32)
+  weight = reloaded.model.layers[1].mlp.down_proj.weight.detach().numpy()  # [out, in]
+  assert ((weight.T.reshape(-1, 4, weight.shape[0]) != 0).sum(axis=1) <= 2).all()
+  # A re-run reads every finished row; a lost row is recomputed from its phase checkpoints.
+  os.remove(os.path.join(workdir, 'magnitude_0.5', 'row.json'))
+  again = pretrained_lm.run(config, workdir)
+  assert again['rows'] == results['rows']
+  assert json.load(open(os.path.join(workdir, 'dense.json')))['perplexity'] == \
+      results['dense']['perplexity']
+
+
+def test_bad_configs_say_what_is_wrong(folders, tmp_path):
+  cases = {
+      "entry 'obs/0.5'": ('prune.variants', ('obs/0.5',)),
+      "must be in \\(0, 1\\)": ('prune.variants', ('wanda/1.5',)),
+      'takes a sparsity, not an N:M': ('prune.variants', ('owl-wanda/2:4',)),
+      'N:M with 0 < N < M': ('prune.variants', ('wanda/4:2',)),
+      'prune.variants is empty': ('prune.variants', ()),
+      'eval.context=64 exceeds': ('eval.context', 64),
+      'calibration.num=0': ('calibration.num', 0),
+      'eval.stride=0': ('eval.stride', 0),
+      'recover.learning_rate': ('recover.learning_rate', 0.0),
+  }
+  for message, (key, value) in cases.items():
+    config = _config(folders, tmp_path)
+    section, name = key.split('.')
+    config[section][name] = value
+    with pytest.raises(ConfigError, match=message):
+      pretrained_lm.run(config, str(tmp_path / 'bad'))
