@@ -101,3 +101,27 @@ def test_bad_configs_say_what_is_wrong(folders, tmp_path):
     config[section][name] = value
     with pytest.raises(ConfigError, match=message):
       pretrained_lm.run(config, str(tmp_path / 'bad'))
+
+
+@pytest.mark.parametrize('fsdp,tensor', [(8, 1), (4, 2)])
+def test_sharded_runs_give_the_same_masks_and_perplexity(folders, tmp_path, fsdp, tensor):
+  import jax
+  from bigmodel_jax import checkpoint
+  rows = {}
+  for name, (f, t) in {'one': (1, 1), 'pod': (fsdp, tensor)}.items():
+    config = _config(folders, tmp_path)
+    config.prune.variants = ('wanda/0.5', 'sparsegpt/2:4')
+    config.recover.steps, config.export = 0, False
+    config.parallelism.data, config.parallelism.fsdp, config.parallelism.tensor = 1, f, t
+    config.parallelism.fsdp_min_size = 1
+    results = pretrained_lm.run(config, str(tmp_path / name))
+    rows[name] = results
+  assert rows['pod']['mesh'] == {'data': 1, 'fsdp': fsdp, 'tensor': tensor}
+  assert rows['one']['dense']['perplexity'] == pytest.approx(rows['pod']['dense']['perplexity'],
+                                                             rel=1e-5)
+  for one, pod in zip(rows['one']['rows'], rows['pod']['rows'], strict=True):
+    assert one['perplexity'] == pytest.approx(pod['perplexity'], rel=1e-4)
+    folder = one['variant'].replace('/', '_').replace(':', '-')
+    masks = [checkpoint.Checkpointer(str(tmp_path / n / folder / 'pruned')).restore_numpy()
+             ['masks'] for n in ('one', 'pod')]
+    jax.tree.map(np.testing.assert_array_equal, *masks)

@@ -291,6 +291,34 @@ def plot(results: dict[str, Any], path: str) -> None:
   os.replace(path + '.tmp.png', path)
 
 
+def _load(config) -> tuple[pretrained.Pretrained, Any]:
+  """The model, its params placed by `config.parallelism` (fsdp / tensor > 1: sharded over a
+  mesh as they are converted, block by block), and the mesh (None on one device)."""
+  hf_config, state, tokenizer = pretrained.read(config.model.pretrained)
+  model = pretrained.convert.model_from_config(hf_config, max_len=config.model.max_len)
+  p, mesh, place = config.parallelism, None, None
+  if p.fsdp != 1 or p.tensor != 1:
+    from flax import linen as nn
+
+    from bigmodel_jax import models, parallel
+    from bigmodel_jax.parallel import mesh as mesh_lib
+    from bigmodel_jax.parallel import sharding
+    devices = parallel.devices_in_use(p)
+    try:
+      mesh = mesh_lib.build_mesh(parallel.mesh_shape(p, len(devices)), devices)
+    except (ValueError, AssertionError):
+      raise ConfigError(f'config.parallelism data={p.data} x fsdp={p.fsdp} x tensor={p.tensor} '
+                        f'does not make a mesh of {len(devices)} devices.') from None
+    boxed = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 2), jnp.int32))
+    logical = sharding.logical_axes_table(models.logical_axes(model, (2,), jnp.int32))
+    shardings = sharding.infer_shardings(nn.meta.unbox(boxed['params']), mesh,
+                                         fsdp_min_size=p.fsdp_min_size, logical=logical)
+    place = lambda name, tree: jax.tree.map(jax.device_put, tree, shardings[name])
+  params = pretrained.convert.params_from_state(hf_config, state, place)
+  source = pretrained.resolve(config.model.pretrained)
+  return pretrained.Pretrained(model, params, tokenizer, hf_config, source), mesh
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """The whole workflow (see the module docstring); returns the results."""
   variants = validate(config)
@@ -298,7 +326,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   lock = workdir_lib.lock_workdir(workdir)
   try:
     start = time.perf_counter()
-    pre = pretrained.load(config.model.pretrained, max_len=config.model.max_len)
+    pre, mesh = _load(config)
     if pre.tokenizer is None:
       raise ConfigError(f'{pre.source} has no tokenizer (tokenizer.json); it is needed to read '
                         'the text.')
@@ -315,6 +343,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     logs.say(f'dense: perplexity {dense["perplexity"]:.2f} on {dense["tokens"]} tokens')
     rows = [run_variant(job, v) for v in variants]
     results = {'model': os.path.basename(pre.source), 'params': params_count, 'dense': dense,
+               'mesh': dict(mesh.shape) if mesh is not None else None,
                'rows': rows, 'calibration': config.calibration.to_dict(),
                'peak_host_memory_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                'wall_time_s': time.perf_counter() - start}
