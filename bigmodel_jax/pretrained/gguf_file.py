@@ -8,8 +8,8 @@
 `read` gives what `transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)`
 would hold, as numpy: llama.cpp's tensor names mapped back, its q/k row order for rotary
 embeddings undone (llama), GPT-2's projections transposed back to `Conv1D` [in, out], every
-tensor dequantized to float32 with `gguf.quants.dequantize`. Architectures: llama (Llama,
-SmolLM, Mistral-style files), qwen2, gpt2.
+tensor dequantized to float32 with `gguf.quants.dequantize`. Architectures: llama (Llama 2/3,
+SmolLM and the other models llama.cpp files as llama), qwen2, gpt2.
 
 `tokenizer` rebuilds a byte-level BPE `tokenizers.Tokenizer` from the metadata (tokens, merges,
 token types, the pre-tokenizer named by `tokenizer.ggml.pre`), without transformers.
@@ -46,8 +46,9 @@ SUPPORTED_ARCHITECTURES = ('llama', 'qwen2', 'gpt2')
 _SCALARS = {0: '<B', 1: '<b', 2: '<H', 3: '<h', 4: '<I', 5: '<i', 6: '<f', 7: '<?', 10: '<Q',
             11: '<q', 12: '<d'}
 _STRING, _ARRAY = 8, 9
-_NORMAL, _CONTROL, _USER_DEFINED, _UNUSED = (int(TokenType.NORMAL), int(TokenType.CONTROL),
-                                             int(TokenType.USER_DEFINED), int(TokenType.UNUSED))
+# Plain ints: comparing numpy token types with the IntEnum members is slow over 100k tokens.
+_NORMAL, _CONTROL, _USER_DEFINED = (int(TokenType.NORMAL), int(TokenType.CONTROL),
+                                    int(TokenType.USER_DEFINED))
 
 # transformers' names of llama.cpp's tensors: whole-model ones, then those of block i.
 _LLAMA_NAMES = {'token_embd': 'model.embed_tokens', 'output_norm': 'model.norm',
@@ -181,16 +182,21 @@ def _open(path, vocabulary: bool = False) -> _File:
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise ConfigError(f'No GGUF file at {path!r}: it does not exist or is not a file.')
-  with open(path, 'rb') as f:
-    if f.read(4) != b'GGUF':
-      raise ConfigError(f'{path!r} is not a GGUF file: it does not start with the GGUF magic '
-                        'bytes.')
-    buffer = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+  try:
+    with open(path, 'rb') as f:
+      magic = f.read(4)
+      buffer = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if magic == b'GGUF' else None
+  except OSError as e:
+    raise ConfigError(f'{path!r} cannot be read: {e.strerror or e}.') from None
+  if buffer is None:
+    raise ConfigError(f'{path!r} is not a GGUF file: it does not start with the GGUF magic '
+                      'bytes.')
   try:
     metadata, infos, data_start = _parse_header(buffer, vocabulary)
   except ConfigError as e:
     raise ConfigError(f'{path!r}: {e}') from None
-  except (struct.error, ValueError, KeyError, OverflowError, MemoryError):
+  except (struct.error, ValueError, KeyError, TypeError, OverflowError, ZeroDivisionError,
+          MemoryError):
     raise ConfigError(f'{path!r} is not a valid GGUF file: its header is truncated or corrupt.'
                       ) from None
   blob = np.frombuffer(buffer, np.uint8)
@@ -201,8 +207,11 @@ def _open(path, vocabulary: bool = False) -> _File:
     ggml_type = GGMLQuantizationType(type_id)
     block, type_size = GGML_QUANT_SIZES[ggml_type]
     rows, row_length = math.prod(shape[:-1]), shape[-1] if shape else 1
-    start, nbytes = data_start + offset, math.prod(shape[:-1]) * (row_length // block) * type_size
-    if start + nbytes > blob.size or row_length % block:
+    if row_length % block:
+      raise ConfigError(f'{path!r} is corrupt: tensor {name!r} {shape} has rows of '
+                        f'{row_length}, not whole {ggml_type.name} blocks of {block}.')
+    start, nbytes = data_start + offset, rows * (row_length // block) * type_size
+    if start + nbytes > blob.size:
       raise ConfigError(f'{path!r} is truncated or corrupt: tensor {name!r} {shape} of type '
                         f'{ggml_type.name} does not fit in the file.')
     data = blob[start:start + nbytes].reshape(rows, -1) if nbytes else blob[:0]
@@ -224,8 +233,8 @@ def _dequantize(tensor: _Tensor, name: str) -> np.ndarray:
   except NotImplementedError:
     raise ConfigError(f'Tensor {name!r} is stored as {tensor.ggml_type.name}, which '
                       'gguf.quants.dequantize cannot decode.') from None
-  # F32 comes back as a view of the file; the others as new arrays.
-  values = np.array(values, np.float32) if values.base is not None else values
+  if tensor.ggml_type == GGMLQuantizationType.F32:
+    values = values.copy()  # A view of the memory-mapped file until now; the others are new.
   return values.reshape(tensor.shape)
 
 
@@ -311,7 +320,7 @@ def read(path) -> tuple[dict, dict[str, np.ndarray]]:
   # numpy releases the GIL in the dequantizing arithmetic, so tensors decode in parallel.
   with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
     state_dict = dict(pool.map(convert, sorted(tensors, key=lambda n: -tensors[n].data.size)))
-  return hf_config, {name: state_dict[name] for name in sorted(state_dict)}
+  return hf_config, {names[name]: state_dict[names[name]] for name in tensors}  # File order.
 
 
 def _token_ids(file: _File) -> dict[str, int]:
@@ -491,7 +500,7 @@ def _byte_level_vocab(tokens: list[str], types) -> dict[str, int]:
   vocab = {token: index for index, token in enumerate(tokens)}  # Repeats keep the last id.
   for index in np.flatnonzero(np.asarray(types) == _NORMAL):
     if not alphabet.issuperset(token := tokens[index]):
-      del vocab[token]
+      vocab.pop(token, None)
       vocab[''.join(to_char[b] for b in token.encode('utf-8'))] = int(index)
   return vocab
 
@@ -560,9 +569,9 @@ def write(path, hf_config: Mapping, state_dict: Mapping, tokenizer=None, dtype: 
   qtype = _writable_type(dtype)
   writer = gguf.GGUFWriter(os.fspath(path), arch)
   _write_hparams(writer, arch, hf_config)
-  if qtype != GGMLQuantizationType.F32:
-    writer.add_file_type(gguf.LlamaFileType[f'MOSTLY_{qtype.name}'].value
-                         if f'MOSTLY_{qtype.name}' in gguf.LlamaFileType.__members__ else 1)
+  file_type = 'ALL_F32' if qtype == GGMLQuantizationType.F32 else f'MOSTLY_{qtype.name}'
+  if file_type in gguf.LlamaFileType.__members__:
+    writer.add_file_type(gguf.LlamaFileType[file_type])
   if tokenizer is not None:
     _write_tokenizer(writer, tokenizer, hf_config, pre, add_bos)
   for name, values in _gguf_tensors(arch, hf_config, state_dict):
