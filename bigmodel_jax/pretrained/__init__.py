@@ -60,7 +60,7 @@ def read(source: str) -> tuple[dict, Any, Tokenizer | None]:
   if os.path.isfile(path):
     from bigmodel_jax.pretrained import gguf_file
     hf_config, state = gguf_file.read(path)
-    return hf_config, state, gguf_file.tokenizer(path)
+    return hf_config, state, Tokenizer.from_gguf(gguf_file.tokenizer(path))
   hf_config, state = hf_folder.read(path)
   has_tokenizer = os.path.exists(os.path.join(path, 'tokenizer.json'))
   return hf_config, state, Tokenizer.from_folder(path) if has_tokenizer else None

@@ -67,6 +67,12 @@ class Tokenizer:
         config.get(key), dict) else config.get(key)
     return cls(backend, token('bos_token'), token('eos_token'))
 
+  @classmethod
+  def from_gguf(cls, found) -> 'Tokenizer':
+    """From `gguf_file.tokenizer(path)` (the backend and the special tokens' ids)."""
+    name = lambda i: None if i is None else found.tokenizer.id_to_token(int(i))
+    return cls(found.tokenizer, name(found.bos_token_id), name(found.eos_token_id))
+
   def save(self, folder: str) -> list[str]:
     """Writes tokenizer.json and a tokenizer_config.json that transformers' AutoTokenizer reads."""
     os.makedirs(folder, exist_ok=True)
