@@ -65,6 +65,10 @@ def get_config():
   r.seed = 0  # Order of the fine-tune windows.
   r.checkpoint_every = 100  # Save the fine-tune every N steps (resume point).
 
+  config.sample = g = ml_collections.ConfigDict()
+  g.prompt = 'The capital of France is'  # Each model's greedy continuation of this goes in its row.
+  g.num_tokens = 16  # Tokens generated (KV cache); 0 = none.
+
   config.export = True  # Save each pruned model as a Hugging Face folder (safetensors).
   config.parallelism = default.get_config().parallelism  # Devices: see configs/default.py.
   return config

@@ -51,6 +51,7 @@ def _config(folders, tmp_path):
   config.eval.num_tokens, config.eval.context, config.eval.stride = 200, 32, 32
   config.prune.variants = ('magnitude/0.5', 'wanda/2:4', 'owl-sparsegpt/0.5')
   config.prune.block_size = 16
+  config.sample.prompt, config.sample.num_tokens = 'to be, or', 4
   config.recover.steps, config.recover.batch_size, config.recover.checkpoint_every = 3, 2, 2
   return config
 
@@ -66,6 +67,7 @@ def test_workflow_runs_resumes_and_exports(folders, tmp_path):
     assert np.isfinite(row['perplexity']) and np.isfinite(row['recovered_perplexity'])
     assert row['recover_steps'] == 3
   assert results['dense']['tokens'] > 0 and results['peak_host_memory_mb'] > 0
+  assert all(isinstance(r['sample'], str) and r['sample'] for r in results['rows'])
   owl = results['rows'][2]
   assert np.mean(owl['block_sparsity']) == pytest.approx(0.5, abs=1e-6)
   for name in ('results.json', 'results.md', 'perplexity.png'):
@@ -94,6 +96,7 @@ def test_bad_configs_say_what_is_wrong(folders, tmp_path):
       'calibration.num=0': ('calibration.num', 0),
       'eval.stride=0': ('eval.stride', 0),
       'recover.learning_rate': ('recover.learning_rate', 0.0),
+      'exceed config.model.max_len': ('sample.num_tokens', 30),
   }
   for message, (key, value) in cases.items():
     config = _config(folders, tmp_path)

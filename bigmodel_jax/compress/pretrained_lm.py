@@ -94,6 +94,8 @@ def validate(config: ml_collections.ConfigDict) -> list[LmVariant]:
   for key, value in positive.items():
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
       raise ConfigError(f'config.{key}={value!r} is invalid: it must be a positive integer.')
+  if config.sample.num_tokens < 0 or (config.sample.num_tokens and not config.sample.prompt):
+    raise ConfigError('config.sample.num_tokens must be >= 0, with a non-empty sample.prompt.')
   if config.eval.context > config.model.max_len:
     raise ConfigError(f'config.eval.context={config.eval.context} exceeds config.model.max_len='
                       f'{config.model.max_len}.')
@@ -112,7 +114,8 @@ def validate(config: ml_collections.ConfigDict) -> list[LmVariant]:
 
 
 def _fingerprint(config) -> str:
-  keys = {k: config[k].to_dict() for k in ('model', 'data', 'calibration', 'eval', 'recover')}
+  keys = {k: config[k].to_dict()
+          for k in ('model', 'data', 'calibration', 'eval', 'recover', 'sample')}
   return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -125,10 +128,28 @@ class _Job:
   eval_tokens: np.ndarray
   fingerprint: str
 
-  def perplexity(self, params) -> dict[str, float]:
+  def perplexity(self, params, what: str) -> dict[str, float]:
     e = self.config.eval
+    start = last = time.perf_counter()
+
+    def progress(line):  # One line every ~30 s: an evaluation takes minutes on a CPU.
+      nonlocal last
+      if time.perf_counter() - last > 30:
+        last = time.perf_counter()
+        logs.say(f'{what} {line} ({last - start:.0f} s)')
     return perplexity.evaluate(self.pre.model.apply, params, self.eval_tokens, context=e.context,
-                               stride=e.stride, batch_size=e.batch_size)
+                               stride=e.stride, batch_size=e.batch_size, log=progress)
+
+
+def _sample(job: _Job, params) -> str:
+  """The greedy continuation (KV cache) of `sample.prompt`: what the model now says."""
+  if not job.config.sample.num_tokens:
+    return ''
+  from bigmodel_jax import generate
+  ids = job.pre.tokenizer.encode(job.config.sample.prompt)
+  out = generate.sample(job.pre.model, params, jnp.asarray([ids]), job.config.sample.num_tokens,
+                        rng=jax.random.PRNGKey(0), temperature=0.0)
+  return job.pre.tokenizer.decode(np.asarray(out)[0, len(ids):])
 
 
 def _tokens(config, tokenizer) -> tuple[np.ndarray, np.ndarray]:
@@ -232,12 +253,15 @@ def run_variant(job: _Job, variant: LmVariant) -> dict[str, Any]:
   stats = pruning.sparsity_stats(params, masks, prunable)
   row = {'fingerprint': job.fingerprint, 'variant': variant.label, 'method': variant.method,
          'pattern': variant.pattern, 'sparsity': stats['sparsity'], **meta}
-  row['perplexity'] = job.perplexity(params)['perplexity']
+  row['perplexity'] = job.perplexity(params, f'[{variant.label}]')['perplexity']
+  row['sample'] = _sample(job, params)
   logs.say(f'[{variant.label}] perplexity {row["perplexity"]:.2f} (sparsity '
-           f'{stats["sparsity"]:.1%}, pruned in {meta["prune_seconds"]:.1f} s)')
+           f'{stats["sparsity"]:.1%}, pruned in {meta["prune_seconds"]:.1f} s); says '
+           f'{row["sample"]!r}')
   if job.config.recover.steps:
     params, recovered = _recover(job, params, masks, os.path.join(directory, 'recovered'))
-    row.update(recovered, recovered_perplexity=job.perplexity(params)['perplexity'])
+    row.update(recovered, recovered_perplexity=job.perplexity(
+        params, f'[{variant.label} recovered]')['perplexity'])
     logs.say(f'[{variant.label}] after {job.config.recover.steps} recovery steps: perplexity '
              f'{row["recovered_perplexity"]:.2f}')
   if job.config.export:
@@ -331,6 +355,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       raise ConfigError(f'{pre.source} has no tokenizer (tokenizer.json); it is needed to read '
                         'the text.')
     train_tokens, eval_tokens = _tokens(config, pre.tokenizer)
+    prompt = len(pre.tokenizer.encode(config.sample.prompt))
+    if config.sample.num_tokens and prompt + config.sample.num_tokens > config.model.max_len:
+      raise ConfigError(f'config.sample.prompt ({prompt} tokens) + sample.num_tokens='
+                        f'{config.sample.num_tokens} exceed config.model.max_len='
+                        f'{config.model.max_len}.')
     job = _Job(config, workdir, pre, train_tokens, eval_tokens, _fingerprint(config))
     params_count = pretrained.convert.count_params(pre.params)
     logs.say(f'Loaded {pre.source} ({params_count:,} params) in {time.perf_counter() - start:.1f}'
@@ -338,9 +367,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     dense_path = os.path.join(workdir, 'dense.json')
     dense = _read_row(dense_path, job.fingerprint)
     if dense is None:
-      dense = {**job.perplexity(pre.params), 'fingerprint': job.fingerprint}
+      dense = {**job.perplexity(pre.params, '[dense]'), 'fingerprint': job.fingerprint,
+               'sample': _sample(job, pre.params)}
       report.write_json(dense_path, dense)
-    logs.say(f'dense: perplexity {dense["perplexity"]:.2f} on {dense["tokens"]} tokens')
+    logs.say(f'dense: perplexity {dense["perplexity"]:.2f} on {dense["tokens"]} tokens; says '
+             f'{dense.get("sample", "")!r}')
     rows = [run_variant(job, v) for v in variants]
     results = {'model': os.path.basename(pre.source), 'params': params_count, 'dense': dense,
                'mesh': dict(mesh.shape) if mesh is not None else None,
