@@ -15,7 +15,7 @@ tokenizers = pytest.importorskip('tokenizers')
 gguf = pytest.importorskip('gguf')
 
 from bigmodel_jax.errors import ConfigError  # noqa: E402
-from bigmodel_jax.pretrained import gguf_file  # noqa: E402
+from bigmodel_jax.pretrained import gguf_file, gguf_writer  # noqa: E402
 
 VOCAB = 420  # The tiny tokenizer's 401 entries, padded by `write` with unused [PADi] tokens.
 CORPUS = ['The capital of France is Paris.', "Hello world! It's 2024, we're 12345 strong.",
@@ -70,7 +70,7 @@ def tiny_tokenizer():
 
 def _write(tmp_path, config, model, tokenizer=None, dtype='F32', **kwargs) -> str:
   path = str(tmp_path / 'model.gguf')
-  gguf_file.write(path, config.to_dict(), model.state_dict(), tokenizer, dtype, **kwargs)
+  gguf_writer.write(path, config.to_dict(), model.state_dict(), tokenizer, dtype, **kwargs)
   return path
 
 
@@ -272,11 +272,11 @@ def test_unsupported_architecture_dtype_and_tokenizer_raise_one_sentence(tmp_pat
   config = _config('llama', num_hidden_layers=1)
   model = _model(config)
   with pytest.raises(ConfigError) as error:
-    gguf_file.write(tmp_path / 'x.gguf', {**config.to_dict(), 'model_type': 'mamba'},
+    gguf_writer.write(tmp_path / 'x.gguf', {**config.to_dict(), 'model_type': 'mamba'},
                     model.state_dict())
   _check_one_sentence(error, "'mamba'", 'llama, qwen2, gpt2')
   with pytest.raises(ConfigError) as error:
-    gguf_file.write(tmp_path / 'x.gguf', config.to_dict(), model.state_dict(), dtype='Q4_K')
+    gguf_writer.write(tmp_path / 'x.gguf', config.to_dict(), model.state_dict(), dtype='Q4_K')
   _check_one_sentence(error, "'Q4_K'")
 
 
