@@ -124,10 +124,11 @@ def command_errors(tokens: list[str]) -> list[str]:
 
 
 def text_errors(text: str) -> list[str]:
-  """Overrides and file names mentioned anywhere in the text (tables and prose too)."""
-  default = load_config('configs/default.py')
+  """Overrides and file names mentioned anywhere in the text (tables and prose too): a key must
+  be in configs/default.py or in a shipped config of its own schema (configs/smollm2_prune.py)."""
+  known = [load_config('configs/default.py'), load_config('configs/smollm2_prune.py')]
   errors = [f'no config key {key!r}' for key in _OVERRIDE.findall(text)
-            if not has_key(default, key.rstrip('.'))]
+            if not any(has_key(config, key.rstrip('.')) for config in known)]
   errors += [f'{name} does not exist' for name in _FILE_MENTION.findall(text)
              if not (ROOT / name).is_file()]
   return errors

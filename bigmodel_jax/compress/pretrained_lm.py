@@ -114,8 +114,8 @@ def validate(config: ml_collections.ConfigDict) -> list[LmVariant]:
 
 
 def _fingerprint(config) -> str:
-  keys = {k: config[k].to_dict()
-          for k in ('model', 'data', 'calibration', 'eval', 'recover', 'sample')}
+  # What the figures depend on (not the variants list, the export or the sample text).
+  keys = {k: config[k].to_dict() for k in ('model', 'data', 'calibration', 'eval', 'recover')}
   return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
