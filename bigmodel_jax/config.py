@@ -105,6 +105,9 @@ def _validate_training(config: ml_collections.ConfigDict) -> None:
   for key in ('early_stopping_patience', 'early_stopping_min_delta', 'checkpoint_every_steps',
               'profile_steps'):
     _non_negative(key, config[key])
+  _check('eval_every_steps', config.eval_every_steps,
+         isinstance(config.eval_every_steps, int) and config.eval_every_steps >= 0,
+         'a non-negative integer (0 = evaluate at epoch ends only)')
 
 
 

@@ -40,23 +40,29 @@ def read_results(workdir: str) -> dict[str, Any] | None:
     return json.load(f)
 
 
-def plot_curves(workdir: str, history: list[dict[str, Any]], title: str) -> str | None:
-  """Plots train/eval loss and eval accuracy per epoch to WORKDIR/curves.png (process 0)."""
+def plot_curves(workdir: str, history: list[dict[str, Any]], title: str,
+                evals: list[dict[str, Any]] = ()) -> str | None:
+  """Plots train/eval loss and accuracy to WORKDIR/curves.png (process 0): per epoch, or per
+  step when `evals` (results.json's eval_history) has evaluations inside epochs."""
   if not history or jax.process_index() != 0:
     return None
   import matplotlib  # Late import: the library works without a display or plots.
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
 
-  epochs = [h['epoch'] for h in history]
+  by_step = len(evals) > len(history)
+  points = evals if by_step else history
+  x = [h['step' if by_step else 'epoch'] for h in points]
   fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-  ax_loss.plot(epochs, [h['train_loss'] for h in history], 'o-', label='train')
-  ax_loss.plot(epochs, [h['eval_loss'] for h in history], 's-', label='eval')
-  ax_loss.set(xlabel='epoch', ylabel='loss', title='loss')
+  ax_loss.plot(x, [h['train_loss'] for h in points], 'o-',
+               label='train (since the previous eval)' if by_step else 'train')
+  ax_loss.plot(x, [h['eval_loss'] for h in points], 's-', label='eval')
+  ax_loss.set(xlabel='step' if by_step else 'epoch', ylabel='loss', title='loss')
   ax_loss.legend()
-  ax_acc.plot(epochs, [h['train_accuracy'] for h in history], 'o-', label='train')
-  ax_acc.plot(epochs, [h['eval_accuracy'] for h in history], 's-', label='eval')
-  ax_acc.set(xlabel='epoch', ylabel='accuracy', title='accuracy')
+  if not by_step:
+    ax_acc.plot(x, [h['train_accuracy'] for h in points], 'o-', label='train')
+  ax_acc.plot(x, [h['eval_accuracy'] for h in points], 's-', label='eval')
+  ax_acc.set(xlabel='step' if by_step else 'epoch', ylabel='accuracy', title='accuracy')
   ax_acc.legend()
   for ax in (ax_loss, ax_acc):
     ax.grid(alpha=0.3)

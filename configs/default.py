@@ -86,6 +86,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.num_train_steps = -1  # >0: train exactly this many steps instead of num_epochs.
   config.steps_per_call = 100  # Steps fused into one compiled call (lax.scan); 1 = a call per step.
   config.log_every_steps = 500  # Train scalars to TensorBoard and a progress line, roughly this often.
+  config.eval_every_steps = 0  # >0: also evaluate the eval split every N steps (at the end of the compiled call reaching each multiple); 0 = at epoch ends only.
   config.early_stopping_patience = 0  # >0: stop after this many evals without eval-loss improvement.
   config.early_stopping_min_delta = 0.0  # Smallest eval-loss decrease that counts as improvement.
 

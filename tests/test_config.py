@@ -46,6 +46,8 @@ def test_seed_recipe_is_exact():
     ('model.hidden_sizes', (512, 0), 'tuple of positive integers'),
     ('num_epochs', 0, 'or set num_train_steps'),
     ('steps_per_call', 0, 'config.steps_per_call=0'),
+    ('eval_every_steps', -1, 'config.eval_every_steps=-1 is invalid: it must be a non-negative '
+     'integer'),
     ('data.validation_size', -1, 'config.data.validation_size=-1'),
     ('label_smoothing', 1.0, 'config.label_smoothing=1.0 is invalid: it must be in \\[0, 1\\)'),
 ])

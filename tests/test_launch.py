@@ -98,7 +98,8 @@ def test_kill_dash_nine_then_rerun_matches_an_uninterrupted_run(tiny_config, tmp
   # (tests/test_parallel.py moves runs between device counts), and 48 checkpoints of 8 fake
   # devices' shards would dominate the test's time.
   overrides = ['--config.num_epochs=12', '--config.checkpoint_every_steps=8',
-               '--config.model.dropout_rate=0.2', '--config.parallelism.num_devices=1']
+               '--config.model.dropout_rate=0.2', '--config.parallelism.num_devices=1',
+               '--config.eval_every_steps=12']
   workdir = tmp_path / 'killed'
   proc = subprocess.Popen(_command(tiny_config, workdir, *overrides), cwd=REPO_ROOT,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -124,11 +125,16 @@ def test_kill_dash_nine_then_rerun_matches_an_uninterrupted_run(tiny_config, tmp
   tiny_config.checkpoint_every_steps = 8
   tiny_config.model.dropout_rate = 0.2
   tiny_config.parallelism.num_devices = 1
+  tiny_config.eval_every_steps = 12
   straight = str(tmp_path / 'straight')
-  training.train_and_evaluate(tiny_config, straight)
+  expected = training.train_and_evaluate(tiny_config, straight)
 
   def final(path):
     ckpt = checkpoint.Checkpointer(os.path.join(path, 'checkpoints'))
     return ckpt.restore_numpy(ckpt.latest_step())
 
   chex.assert_trees_all_equal(final(str(workdir)), final(straight))
+  # The evaluations every 12 steps too, those before the kill read back from its checkpoint.
+  got = json.loads((workdir / 'results.json').read_text())['eval_history']
+  assert [(e['step'], e['eval_loss']) for e in got] == [
+      (e['step'], e['eval_loss']) for e in expected['eval_history']]

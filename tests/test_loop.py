@@ -131,6 +131,41 @@ def test_early_stopping(tiny_config, tmp_path):
   assert results['stopped_early'] and results['epochs_run'] == 2
 
 
+def test_eval_every_steps_evaluates_at_the_call_that_reaches_each_multiple(tiny_config, tmp_path,
+                                                                         capsys):
+  tiny_config.eval_every_steps = 12  # Calls end at 8, 16, 24, 32 | 40, 48, 56, 64.
+  results = training.train_and_evaluate(tiny_config, str(tmp_path / 'run'))
+  # 12 -> 16, 24, 36 -> 40, 48; 60 falls in the call that ends epoch 2, whose evaluation covers it.
+  assert [e['step'] for e in results['eval_history']] == [16, 24, 32, 40, 48, 64]
+  assert [h['step'] for h in results['history']] == [32, 64]  # One record per epoch, as before.
+  assert results['history'][1]['eval_loss'] == results['eval_history'][-1]['eval_loss']
+  lines = capsys.readouterr().out.splitlines()
+  assert [line.split()[1] for line in lines if line.startswith('step ')] == [
+      '16/64', '24/64', '40/64', '48/64']
+  assert all(' ex/s' in line and 'eval_accuracy' in line for line in lines
+             if line.startswith(('step ', 'epoch ')))
+  assert 'tokens_per_example' not in results and 'perplexity' not in json.dumps(results)
+
+
+def test_early_stopping_counts_evaluations_inside_epochs(tiny_config, tmp_path, capsys):
+  tiny_config.num_epochs, tiny_config.eval_every_steps = 30, 8
+  tiny_config.checkpoint_every_steps = 8  # At the stop too: the epoch's own save must win.
+  tiny_config.early_stopping_patience = 1
+  tiny_config.early_stopping_min_delta = 10.0  # Nothing counts as improvement after step 8.
+  workdir = str(tmp_path / 'run')
+  results = training.train_and_evaluate(tiny_config, workdir)
+  assert results['stopped_early'] and results['steps'] == 16
+  assert [e['step'] for e in results['eval_history']] == [8, 16]
+  assert results['best_eval_loss_step'] == 8
+  # The epoch ends at the stop, with the evaluation just made (not a second one).
+  assert results['epochs_run'] == 1 and results['history'][0]['steps'] == 16
+  assert results['history'][0]['eval_loss'] == results['eval_history'][-1]['eval_loss']
+  assert 'Early stop: eval loss has not improved for 1 evaluation.' in capsys.readouterr().out
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'))
+  assert ckpt.latest_step() == 16 and len(ckpt.restore_meta(16)['history']) == 1
+  assert training.train_and_evaluate(tiny_config, workdir) == results  # Finished.
+
+
 def test_batch_larger_than_the_data_is_refused(tiny_config, tmp_path):
   tiny_config.batch_size = 4096
   with pytest.raises(ConfigError, match='config.batch_size=4096 is larger than the 512'):

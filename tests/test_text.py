@@ -1,11 +1,15 @@
 """Character data through our TFDS builder, and a tiny GPT trained end to end by the loop."""
 
+import json
+import math
 import os
+import struct
 
+import chex
 import numpy as np
 import pytest
 
-from bigmodel_jax import data, training
+from bigmodel_jax import checkpoint, data, training
 from bigmodel_jax.data import text
 from bigmodel_jax.errors import ConfigError, DataError
 
@@ -100,6 +104,104 @@ def test_tiny_gpt_learns_the_generated_text(text_dir, tfds_dir, tmp_path):
   assert results['final_eval_loss'] < 2.5
   assert np.isfinite(results['test_loss'])
   assert results['parallelism']['mode'] == 'single'
+
+
+def _scalars(logdir) -> dict[str, dict[int, float]]:
+  """{tag: {step: value}} of the TensorBoard event files in `logdir` (TFRecord framing)."""
+  from tensorboardX.proto import event_pb2
+  found = {}
+  for name in sorted(os.listdir(logdir)):
+    with open(os.path.join(logdir, name), 'rb') as f:
+      while header := f.read(12):
+        record = f.read(struct.unpack('<Q', header[:8])[0])
+        f.read(4)
+        event = event_pb2.Event.FromString(record)
+        for value in event.summary.value:
+          found.setdefault(value.tag, {})[event.step] = value.simple_value
+  return found
+
+
+def test_lm_run_speaks_in_tokens_and_evaluates_every_n_steps(text_dir, tfds_dir, tmp_path,
+                                                             capsys):
+  config = _config(text_dir, tfds_dir)  # 60 steps, 20 per call, windows of 16 characters.
+  config.eval_every_steps, config.log_every_steps, config.write_plot = 20, 20, True
+  workdir = tmp_path / 'run'
+  training.train_and_evaluate(config, str(workdir))
+  out = capsys.readouterr().out
+  results = json.loads((workdir / 'results.json').read_text())
+  evals = results['eval_history']
+  assert [e['step'] for e in evals] == [20, 40, 60]  # Two inside the epoch, then its end.
+  lines = out.splitlines()
+  assert [line.split()[1] for line in lines if line.startswith('step ')] == ['20/60', '40/60']
+  assert any(line.startswith('epoch 1/1  train_loss') and 'eval_perplexity' in line
+             for line in lines)
+  assert 'tokens/s' in out and ' ex/s' not in out and 'eval_accuracy' not in out
+  assert lines[-1].startswith('Done: test_loss') and 'train tokens/s' in lines[-1]
+  # Tokens per second are windows per second x 16; perplexity is exp(mean token cross-entropy).
+  assert results['tokens_per_example'] == 16
+  assert results['train_tokens_per_s'] == pytest.approx(16 * results['train_examples_per_s'])
+  for key in ('test', 'final_eval', 'best_eval'):
+    assert results[f'{key}_perplexity'] == pytest.approx(math.exp(results[f'{key}_loss']))
+  for record in evals + results['history']:
+    assert record['tokens_per_s'] == pytest.approx(16 * record['examples_per_s'])
+    assert record['eval_perplexity'] == pytest.approx(math.exp(record['eval_loss']))
+    assert record['train_perplexity'] == pytest.approx(math.exp(record['train_loss']))
+  assert evals[-1]['eval_loss'] == results['final_eval_loss']
+  # Each entry's train loss covers the steps since the previous evaluation.
+  assert np.mean([e['train_loss'] for e in evals]) == pytest.approx(
+      results['history'][0]['train_loss'], rel=1e-6)
+  assert results['best_eval_loss'] == min(e['eval_loss'] for e in evals)
+  assert results['best_eval_loss_step'] in (20, 40, 60)
+  scalars = _scalars(workdir / 'tensorboard')
+  assert sorted(scalars['eval/perplexity']) == [20, 40, 60]
+  assert scalars['eval/loss'][40] == pytest.approx(evals[1]['eval_loss'])
+  assert sorted(scalars['perf/tokens_per_s']) == [20, 40, 60]
+  assert 'train/perplexity' in scalars
+  assert os.path.getsize(workdir / 'curves.png') > 1000  # Plotted per step.
+
+
+def test_a_resumed_lm_run_with_eval_every_steps_is_exact(text_dir, tfds_dir, tmp_path,
+                                                         monkeypatch):
+  config = _config(text_dir, tfds_dir)
+  config.num_train_steps, config.steps_per_call, config.model.dropout_rate = 80, 10, 0.1
+  config.eval_every_steps, config.checkpoint_every_steps = 20, 30
+  straight = str(tmp_path / 'straight')
+  expected = training.train_and_evaluate(config, straight)
+  assert [e['step'] for e in expected['eval_history']] == [20, 40, 60, 80]
+
+  class Crash(Exception):
+    pass
+
+  from bigmodel_jax.training import loop
+  real, calls = loop.evaluate, []
+
+  def dies_at_the_third(*args, **kwargs):
+    calls.append(None)
+    if len(calls) == 3:
+      raise Crash()
+    return real(*args, **kwargs)
+
+  resumed = str(tmp_path / 'resumed')
+  with monkeypatch.context() as patch:  # Dies evaluating step 60, before step 60 is saved.
+    patch.setattr('bigmodel_jax.training.loop.evaluate', dies_at_the_third)
+    with pytest.raises(Crash):
+      training.train_and_evaluate(config, resumed)
+  ckpt = checkpoint.Checkpointer(os.path.join(resumed, 'checkpoints'))
+  assert ckpt.latest_step() == 30  # Evaluated at 20; steps 21-30 summed for the next one.
+  assert [e['step'] for e in ckpt.restore_meta(30)['eval_history']] == [20]
+  results = training.train_and_evaluate(config, resumed)
+
+  def final(workdir):
+    ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'))
+    return ckpt.restore_numpy(ckpt.latest_step())
+
+  chex.assert_trees_all_equal(final(straight), final(resumed))
+  for got, want in zip(results['eval_history'], expected['eval_history'], strict=True):
+    assert (got['step'], got['eval_loss'], got['eval_accuracy']) == (
+        want['step'], want['eval_loss'], want['eval_accuracy'])
+    assert got['train_loss'] == pytest.approx(want['train_loss'], rel=1e-12)
+  for key in ('final_eval_loss', 'best_eval_loss', 'best_eval_loss_step', 'test_loss'):
+    assert results[key] == expected[key]
 
 
 def test_one_shot_llm_pruning_sweep_end_to_end(text_dir, tfds_dir, tmp_path):

@@ -8,7 +8,7 @@ non-finite guard and early stopping are plain functions the loop calls where the
 import dataclasses
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
@@ -17,6 +17,9 @@ import optax
 from bigmodel_jax import checkpoint, metrics, parallel
 from bigmodel_jax.errors import NonFiniteLossError
 from bigmodel_jax.training import workdir as workdir_lib
+
+if TYPE_CHECKING:
+  from bigmodel_jax.training.evals import Units
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,10 +47,16 @@ class EpochTimer:
     self._start = time.monotonic()
     self._compile_before = compiled.seconds
     self._counted = 0.0
+    self._excluded = 0.0
     self.steps = 0  # Steps run in this session.
 
   def elapsed(self) -> float:
-    return time.monotonic() - self._start - (self._compiled.seconds - self._compile_before)
+    return (time.monotonic() - self._start - (self._compiled.seconds - self._compile_before)
+            - self._excluded)
+
+  def exclude(self, seconds: float) -> None:
+    """Leaves `seconds` of other work (an evaluation inside the epoch) out of `elapsed`."""
+    self._excluded += seconds
 
   def wall(self) -> float:
     return time.monotonic() - self._start
@@ -60,11 +69,16 @@ class EpochTimer:
 
 
 class Progress:
-  """A progress line within the epoch, and train scalars every `log_every` steps."""
+  """A progress line within the epoch, and train scalars every `log_every` steps.
+
+  The line's loss is the epoch's running mean; for a language model (whose one epoch is often
+  the whole run) the mean since the latest multiple of `log_every`, with its perplexity.
+  """
 
   def __init__(self, console: metrics.Console, writer: metrics.MetricWriter, *,
-               num_epochs: int, batch_size: int, log_every: int, schedule: Callable):
-    self._console, self._writer = console, writer
+               num_epochs: int, batch_size: int, log_every: int, schedule: Callable,
+               units: 'Units'):
+    self._console, self._writer, self._units = console, writer, units
     self._num_epochs, self._batch, self._every = num_epochs, batch_size, log_every
     self._learning_rate = schedule
     self._sums = workdir_lib.zero_sums()
@@ -74,33 +88,40 @@ class Progress:
 
   def __call__(self, chunk: Chunk, step_metrics: dict[str, np.ndarray]) -> None:
     add_chunk(self._sums, step_metrics, chunk.k)
-    sums, elapsed = chunk.epoch_sums, chunk.timer.elapsed()
+    sums = self._sums if self._units.tokens else chunk.epoch_sums
+    elapsed = chunk.timer.elapsed()
     rate = chunk.timer.steps * self._batch / elapsed
     self._console.progress(f'  epoch {chunk.epoch + 1}/{self._num_epochs}  step '
                            f'{chunk.step - chunk.epoch_start}/{chunk.epoch_end - chunk.epoch_start}'
-                           f'  loss {sums["loss"] / sums["steps"]:.4f}  '
-                           f'{metrics.format_rate(rate)} ex/s')
+                           f'  {self._units.loss(sums["loss"] / sums["steps"])}  '
+                           f'{self._units.rate(rate)}')
     if chunk.step // self._every > (chunk.step - chunk.k) // self._every:
-      self._writer.write_scalars(chunk.step, {
+      self._writer.write_scalars(chunk.step, self._units.scalars({
           'train/loss': self._sums['loss'] / self._sums['steps'],
           'train/accuracy': self._sums['accuracy'] / self._sums['steps'],
           'train/learning_rate': float(self._learning_rate(chunk.step)),
           'perf/examples_per_s': rate,
           'perf/step_time_ms': 1e3 * elapsed / chunk.timer.steps,
-      })
+      }))
       self._sums = workdir_lib.zero_sums()
 
 
 class MidEpochCheckpoint:
-  """Saves every `every` steps inside an epoch (epochs always end with a save)."""
+  """Saves every `every` steps inside an epoch (epochs always end with a save).
 
-  def __init__(self, every: int, save: Callable[[Any, float], None]):
-    self._every, self._save = every, save
+  `stopped()` True: early stopping ends the epoch at this chunk, and the epoch's save (with its
+  record) is the one to write at this step.
+  """
+
+  def __init__(self, every: int, save: Callable[[Any, float], None],
+               stopped: Callable[[], bool] = lambda: False):
+    self._every, self._save, self._stopped = every, save, stopped
 
   def __call__(self, chunk: Chunk, step_metrics: dict[str, np.ndarray]) -> None:
     del step_metrics
     every, step = self._every, chunk.step
-    if every and step < chunk.epoch_end and step // every > (step - chunk.k) // every:
+    if (every and step < chunk.epoch_end and step // every > (step - chunk.k) // every
+        and not self._stopped()):
       self._save(chunk.state, chunk.timer.take())
 
 
@@ -178,7 +199,7 @@ def update_best(meta: dict[str, Any], record: dict[str, Any], *, patience: int,
               record['eval_loss'] < meta['best_eval_loss'] - min_delta)
   meta['bad_evals'] = 0 if improved else meta['bad_evals'] + 1
   if improved:
-    meta['best_eval_loss'] = record['eval_loss']
+    meta['best_eval_loss'], meta['best_eval_loss_step'] = record['eval_loss'], record['step']
   if meta['best_eval_accuracy'] is None or record['eval_accuracy'] > meta['best_eval_accuracy']:
     meta['best_eval_accuracy'], meta['best_epoch'] = record['eval_accuracy'], record['epoch']
   if patience and meta['bad_evals'] >= patience and not finished:

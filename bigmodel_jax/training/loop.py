@@ -20,7 +20,7 @@ import numpy as np
 
 from bigmodel_jax import data, metrics, parallel, pruning, report, timing, train_state
 from bigmodel_jax.train import StateHook
-from bigmodel_jax.training import hooks
+from bigmodel_jax.training import evals, hooks
 from bigmodel_jax.training import workdir as workdir_lib
 from bigmodel_jax.training.setup import Run, create_run
 
@@ -105,14 +105,17 @@ def train(run: Run, workdir: str, phase: Phase = Phase(), *,
   os.makedirs(workdir, exist_ok=True)
   lock = workdir_lib.lock_workdir(workdir)  # noqa: F841  (held until this function returns)
   console = metrics.Console(prefix=phase.log_prefix)
+  units = evals.Units(run.tokens_per_example)
   ckpt = run.checkpointer(workdir, phase.keep_steps)
   latest, saved = workdir_lib.saved_progress(run, ckpt)  # Refuses a wrong checkpoint first.
   if _finished(run, saved):
     previous = report.read_results(workdir)
     if previous is not None:
       ckpt.close()
-      console.line(f'Run in {workdir} already finished at step {latest} '
-                   f'(eval_accuracy {previous["final_eval_accuracy"]:.4f}); nothing to do.')
+      final = (f'eval_loss {previous["final_eval_loss"]:.4f}' if units.tokens else
+               f'eval_accuracy {previous["final_eval_accuracy"]:.4f}')
+      console.line(f'Run in {workdir} already finished at step {latest} ({final}); '
+                   'nothing to do.')
       return previous
   compiled = _train_call(run, phase, int(saved['step']))  # Compiles while the state is built.
   state, meta = workdir_lib.restore_or_init(run, ckpt, latest, phase.initial_state)
@@ -123,18 +126,28 @@ def train(run: Run, workdir: str, phase: Phase = Phase(), *,
                f'{len(run.datasets.train):,} train / {len(run.datasets.eval):,} eval examples, '
                f'{steps.per_epoch} steps/epoch, {steps.epochs} epochs; {run.par.summary()}'
                + (f'; resuming at step {meta["step"]}' if meta['step'] else ''))
-  state = _train_epochs(run, workdir, state, meta, ckpt, console, wall, compiled, eval_call)
-  results = _results(run, state, meta, eval_call, phase.prunable)
+  state = _train_epochs(run, workdir, state, meta, ckpt, console, wall, compiled, eval_call,
+                        units)
+  results = _results(run, state, meta, eval_call, phase.prunable, units)
   results['startup'] = wall.startup
   path = report.write_results(workdir, results)
   if config.write_plot:
-    report.plot_curves(workdir, meta['history'], f'{config.name} ({config.data.name})')
+    report.plot_curves(workdir, meta['history'], f'{config.name} ({config.data.name})',
+                       meta['eval_history'])
   ckpt.close()
-  console.line(f'Done: test_accuracy {results["test_accuracy"]:.4f}, best eval_accuracy '
-               f'{results["best_eval_accuracy"]:.4f} (epoch {results["best_epoch"]}), '
-               f'{metrics.format_rate(results["train_examples_per_s"] or 0)} train ex/s; '
-               f'wrote {path}')
+  console.line(_done_line(results, units, path))
   return results
+
+
+def _done_line(results: dict[str, Any], units: evals.Units, path: str) -> str:
+  rate = units.rate(results['train_examples_per_s'] or 0, 'train ')
+  if units.tokens:
+    return (f'Done: test_loss {results["test_loss"]:.4f}, test_perplexity '
+            f'{results["test_perplexity"]:.2f}, best eval_loss {results["best_eval_loss"]:.4f} '
+            f'(step {results["best_eval_loss_step"]}), {rate}; wrote {path}')
+  return (f'Done: test_accuracy {results["test_accuracy"]:.4f}, best eval_accuracy '
+          f'{results["best_eval_accuracy"]:.4f} (epoch {results["best_epoch"]}), {rate}; '
+          f'wrote {path}')
 
 
 def _finished(run: Run, meta: dict[str, Any]) -> bool:
@@ -171,7 +184,7 @@ def _train_call(run: Run, phase: Phase, start_step: int) -> parallel.CompiledCal
   return compiled
 
 
-def _train_epochs(run, workdir, state, meta, ckpt, console, wall, compiled, eval_call):
+def _train_epochs(run, workdir, state, meta, ckpt, console, wall, compiled, eval_call, units):
   """Runs the remaining epochs; each ends with an evaluation and a checkpoint."""
   config, steps = run.config, run.steps
   learning_rate = hooks.learning_rate_fn(run.schedule)
@@ -187,10 +200,18 @@ def _train_epochs(run, workdir, state, meta, ckpt, console, wall, compiled, eval
   writer = metrics.MetricWriter(os.path.join(workdir, 'tensorboard'))
   progress = hooks.Progress(console, writer, num_epochs=steps.epochs,
                             batch_size=config.batch_size, log_every=config.log_every_steps,
-                            schedule=learning_rate)
+                            schedule=learning_rate, units=units)
+  evaluations = evals.Evaluations(
+      every=config.eval_every_steps, meta=meta, units=units, console=console, writer=writer,
+      evaluate=lambda state: evaluate(eval_call, run.par, state, run.datasets.eval,
+                                      run.par.eval_batch_size),
+      batch_size=config.batch_size, total_steps=steps.total,
+      patience=config.early_stopping_patience, min_delta=config.early_stopping_min_delta)
   profiler = hooks.Profiler(config.profile_steps, os.path.join(workdir, 'profile'), console)
-  chunk_hooks = (hooks.CompileReport(console, compiled), progress,
-                 hooks.MidEpochCheckpoint(config.checkpoint_every_steps, save), profiler)
+  # An evaluation before the checkpoint of the same chunk, so that the checkpoint records it.
+  chunk_hooks = (hooks.CompileReport(console, compiled), progress, evaluations,
+                 hooks.MidEpochCheckpoint(config.checkpoint_every_steps, save,
+                                          stopped=lambda: meta['stopped_early']), profiler)
   epoch_times = []
   profiler.start()
   try:
@@ -200,37 +221,38 @@ def _train_epochs(run, workdir, state, meta, ckpt, console, wall, compiled, eval
       progress.start_epoch()
       state, timer = _train_epoch(run, compiled, state, meta, epoch, ckpt, chunk_hooks, wall)
       elapsed = timer.elapsed()
-      evaluation = evaluate(eval_call, run.par, state, run.datasets.eval,
-                            run.par.eval_batch_size)
-      epoch_times.append(timer.wall())
       sums, step = meta['epoch_sums'], meta['step']
-      record = {
+      done = evaluations.at(step)  # Made already when early stopping ended the epoch there.
+      evaluation = done or evaluate(eval_call, run.par, state, run.datasets.eval,
+                                    run.par.eval_batch_size)
+      epoch_times.append(timer.wall())
+      record = units.extend({
           'epoch': epoch + 1, 'step': step, 'steps': sums['steps'],
           'train_loss': sums['loss'] / sums['steps'],
           'train_accuracy': sums['accuracy'] / sums['steps'],
           'eval_loss': evaluation['loss'], 'eval_accuracy': evaluation['accuracy'],
           'examples_per_s': timer.steps * config.batch_size / elapsed,
           'learning_rate': float(learning_rate(step)),
-      }
-      hooks.update_best(meta, record, patience=config.early_stopping_patience,
-                        min_delta=config.early_stopping_min_delta, finished=step >= steps.total)
+      })
+      if done is None:
+        evaluations.add(evals.entry(units, epoch=epoch, step=step, train_sums=meta['eval_sums'],
+                                    evaluation=evaluation,
+                                    examples_per_s=record['examples_per_s']),
+                        finished=step >= steps.total)
       meta['history'].append(record)
       meta['epoch_sums'] = workdir_lib.zero_sums()
       save(state, timer.take(elapsed))
-      writer.write_scalars(step, {'eval/loss': record['eval_loss'],
-                                  'eval/accuracy': record['eval_accuracy'],
-                                  'train/epoch_loss': record['train_loss'],
-                                  'train/epoch_accuracy': record['train_accuracy']})
+      writer.write_scalars(step, units.scalars({'train/epoch_loss': record['train_loss'],
+                                                'train/epoch_accuracy': record['train_accuracy']}))
       writer.flush()
       eta = np.mean(epoch_times) * (steps.epochs - epoch - 1)
       console.line(f'epoch {epoch + 1}/{steps.epochs}  train_loss {record["train_loss"]:.4f}  '
-                   f'eval_loss {record["eval_loss"]:.4f}  '
-                   f'eval_accuracy {record["eval_accuracy"]:.4f}  '
-                   f'{metrics.format_rate(record["examples_per_s"])} ex/s  '
+                   f'{units.evaluation(record)}  {units.rate(record["examples_per_s"])}  '
                    f'eta {metrics.format_duration(eta)}')
       if meta['stopped_early']:
-        console.line(f'Early stop: eval loss has not improved for '
-                     f'{config.early_stopping_patience} epochs.')
+        patience = config.early_stopping_patience
+        console.line(f'Early stop: eval loss has not improved for {patience} '
+                     f'evaluation{"s" if patience > 1 else ""}.')
   finally:
     profiler.close()
     ckpt.wait()
@@ -249,7 +271,7 @@ def _train_epoch(run, compiled, state, meta, epoch, ckpt, chunk_hooks, wall):
                              shuffle=config.data.shuffle, start_step=meta['step'] - epoch_start,
                              rows=run.par.local_rows(config.batch_size))
   upcoming = next(chunks, None)
-  while upcoming is not None and meta['step'] < epoch_end:
+  while upcoming is not None and meta['step'] < epoch_end and not meta['stopped_early']:
     chunk = {k: v[:epoch_end - meta['step']] for k, v in upcoming[1].items()}
     k = len(chunk['targets'])
     state, step_metrics = compiled(state, run.par.put_batch(chunk, stacked=True))
@@ -260,6 +282,7 @@ def _train_epoch(run, compiled, state, meta, epoch, ckpt, chunk_hooks, wall):
     meta['step'] += k
     timer.steps += k
     hooks.add_chunk(meta['epoch_sums'], step_metrics, k)
+    hooks.add_chunk(meta['eval_sums'], step_metrics, k)
     done = hooks.Chunk(epoch=epoch, step=meta['step'], k=k, epoch_start=epoch_start,
                        epoch_end=epoch_end, epoch_sums=meta['epoch_sums'], timer=timer,
                        state=state)
@@ -268,7 +291,7 @@ def _train_epoch(run, compiled, state, meta, epoch, ckpt, chunk_hooks, wall):
   return state, timer
 
 
-def _results(run: Run, state, meta, eval_call, prunable) -> dict[str, Any]:
+def _results(run: Run, state, meta, eval_call, prunable, units) -> dict[str, Any]:
   """What results.json holds: the run's config, history, timings, layout and test metrics."""
   config, history, par = run.config, meta['history'], run.par
   last = history[-1] if history else {}
@@ -281,6 +304,7 @@ def _results(run: Run, state, meta, eval_call, prunable) -> dict[str, Any]:
       'final_eval_loss': last.get('eval_loss'), 'final_eval_accuracy': last.get('eval_accuracy'),
       'best_eval_loss': meta['best_eval_loss'],
       'best_eval_accuracy': meta['best_eval_accuracy'], 'best_epoch': meta['best_epoch'],
+      'best_eval_loss_step': meta['best_eval_loss_step'],
       'stopped_early': meta['stopped_early'], 'train_time_s': meta['train_time_s'],
       'wall_time_s': meta['wall_time_s'], 'compile_time_s': meta['compile_time_s'],
       'train_examples_per_s': (train_steps_done * config.batch_size / meta['train_time_s']
@@ -289,7 +313,7 @@ def _results(run: Run, state, meta, eval_call, prunable) -> dict[str, Any]:
       'backend': jax.default_backend(), 'device_kind': jax.devices()[0].device_kind,
       'num_devices': len(par.devices), 'parallelism': par.describe(),
       'finished_at': datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds'),
-      'history': history,
+      'history': history, 'eval_history': meta['eval_history'],
   }
   if state.masks is not None:
     stats = pruning.sparsity_stats(state.params, state.masks, prunable)
@@ -301,4 +325,11 @@ def _results(run: Run, state, meta, eval_call, prunable) -> dict[str, Any]:
   else:
     results.update(test_loss=results['final_eval_loss'],
                    test_accuracy=results['final_eval_accuracy'])
+  if units.tokens:
+    rate = results['train_examples_per_s']
+    results.update({
+        'tokens_per_example': units.tokens_per_example,
+        'train_tokens_per_s': None if rate is None else rate * units.tokens_per_example,
+        **{f'{key}_perplexity': evals.perplexity(results[f'{key}_loss'])
+           for key in ('final_eval', 'best_eval', 'test')}})
   return results

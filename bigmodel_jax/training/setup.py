@@ -7,6 +7,7 @@ which keeps the data, model and layout and builds only its own optimizer.
 
 import dataclasses
 import functools
+import math
 import os
 from collections.abc import Callable, Sequence
 
@@ -46,6 +47,14 @@ class Run:
   @property
   def input_shape(self) -> tuple[int, ...]:
     return self.datasets.train.inputs.shape[1:]
+
+  @property
+  def tokens_per_example(self) -> int:
+    """Tokens a language model (`models.TEXT_MODELS`) predicts per example, i.e. its window
+    (data.seq_len); 0 for other models."""
+    if self.config.model.name not in models.TEXT_MODELS:
+      return 0
+    return math.prod(self.datasets.train.targets.shape[1:])
 
   @property
   def eval_loss_fn(self) -> train.LossFn:

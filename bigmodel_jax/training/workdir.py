@@ -35,9 +35,15 @@ def zero_sums() -> dict[str, float]:
 
 
 def fresh_meta() -> dict[str, Any]:
-  """The JSON record of a run that has not started (saved beside every checkpoint)."""
-  return {'step': 0, 'history': [], 'epoch_sums': zero_sums(),
-          'best_eval_loss': None, 'best_eval_accuracy': None, 'best_epoch': None, 'bad_evals': 0,
+  """The JSON record of a run that has not started (saved beside every checkpoint).
+
+  `history` has a record per epoch, `eval_history` one per evaluation (each eval_every_steps and
+  each epoch's end); `epoch_sums` / `eval_sums` sum the train metrics since the epoch's start /
+  the latest evaluation.
+  """
+  return {'step': 0, 'history': [], 'epoch_sums': zero_sums(), 'eval_history': [],
+          'eval_sums': zero_sums(), 'best_eval_loss': None, 'best_eval_loss_step': None,
+          'best_eval_accuracy': None, 'best_epoch': None, 'bad_evals': 0,
           'stopped_early': False, 'train_time_s': 0.0, 'wall_time_s': 0.0, 'compile_time_s': 0.0}
 
 
@@ -86,4 +92,5 @@ def restore_or_init(run, ckpt: checkpoint.Checkpointer, latest: int | None,
     if initial_state is not None:
       state = run.par.place(initial_state(state))
     return state, fresh_meta()
-  return run.restore(ckpt, latest)
+  state, meta = run.restore(ckpt, latest)
+  return state, {**fresh_meta(), **meta}  # Checkpoints of earlier versions lack the newer keys.
