@@ -37,6 +37,9 @@ def validate(config: ml_collections.ConfigDict, *, prune: bool | None = None) ->
     config: a whole config (configs/default.py).
     prune: also check the `prune` section; default: when `config.prune.enabled`.
   """
+  if config.get('job') == 'prune_pretrained':
+    validate_pretrained_lm(config)
+    return
   _validate_training(config)
   if config.prune.enabled if prune is None else prune:
     variants(config)
@@ -353,3 +356,83 @@ def validate_parallelism(config: ml_collections.ConfigDict) -> None:
         f'config.batch_size={config.batch_size} does not divide over the {shards} data-parallel '
         f'shards of this run ({where}): use a multiple of {shards} (it is the global batch; each '
         'shard gets batch / shards).')
+
+
+# --- the pretrained-LM workflow (configs/smollm2_prune.py) ---------------------------------
+
+LM_METHODS = ('magnitude', 'wanda', 'sparsegpt', 'owl-wanda', 'owl-sparsegpt')
+
+
+@dataclasses.dataclass(frozen=True)
+class LmVariant:
+  """One variant: a method and either a sparsity or an N:M pattern."""
+  method: str
+  sparsity: float | None = None
+  n: int = 0
+  m: int = 0
+
+  @property
+  def label(self) -> str:
+    target = f'{self.n}:{self.m}' if self.n else f'{self.sparsity:g}'
+    return f'{self.method}/{target}'
+
+  @property
+  def slug(self) -> str:
+    return self.label.replace('/', '_').replace(':', '-')
+
+  @property
+  def pattern(self) -> str:
+    return f'{self.n}:{self.m}' if self.n else f'{self.sparsity:.0%} unstructured'
+
+
+def parse_lm_variant(text: str) -> LmVariant:
+  """'wanda/0.5', 'sparsegpt/2:4', 'owl-wanda/0.7' -> LmVariant (ConfigError otherwise)."""
+  method, _, target = str(text).partition('/')
+  if method not in LM_METHODS or not target:
+    raise ConfigError(f'prune.variants entry {text!r}: use <method>/<sparsity or N:M> with a '
+                      f'method in {", ".join(LM_METHODS)}, e.g. wanda/0.5 or sparsegpt/2:4.')
+  if ':' in target and method.startswith('owl-'):
+    raise ConfigError(f'prune.variants entry {text!r}: OWL sets per-block sparsities and takes '
+                      'a sparsity, not an N:M pattern.')
+  try:
+    if ':' in target:
+      n, m = (int(x) for x in target.split(':'))
+      if not 0 < n < m:
+        raise ValueError
+      return LmVariant(method, n=n, m=m)
+    sparsity = float(target)
+  except ValueError:
+    raise ConfigError(f'prune.variants entry {text!r}: the target must be a sparsity in (0, 1) '
+                      'or N:M with 0 < N < M.') from None
+  if not 0 < sparsity < 1:
+    raise ConfigError(f'prune.variants entry {text!r}: the sparsity must be in (0, 1).')
+  return LmVariant(method, sparsity=sparsity)
+
+
+def validate_pretrained_lm(config: ml_collections.ConfigDict) -> list[LmVariant]:
+  """Checks the keys of a pretrained-LM config (configs/smollm2_prune.py); its variants."""
+  positive = {'model.max_len': config.model.max_len, 'eval.context': config.eval.context,
+              'eval.batch_size': config.eval.batch_size, 'eval.num_tokens': config.eval.num_tokens,
+              'calibration.num': config.calibration.num,
+              'calibration.length': config.calibration.length,
+              'calibration.batch_size': config.calibration.batch_size}
+  for key, value in positive.items():
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+      raise ConfigError(f'config.{key}={value!r} is invalid: it must be a positive integer.')
+  if config.sample.num_tokens < 0 or (config.sample.num_tokens and not config.sample.prompt):
+    raise ConfigError('config.sample.num_tokens must be >= 0, with a non-empty sample.prompt.')
+  if config.eval.context > config.model.max_len:
+    raise ConfigError(f'config.eval.context={config.eval.context} exceeds config.model.max_len='
+                      f'{config.model.max_len}.')
+  if not 1 <= config.eval.stride <= config.eval.context:
+    raise ConfigError(f'config.eval.stride={config.eval.stride} must be in [1, eval.context].')
+  for key in ('recover.steps', 'recover.checkpoint_every', 'seed'):
+    value = config[key.split('.')[0]][key.split('.')[1]] if '.' in key else config[key]
+    if not isinstance(value, int) or value < 0:
+      raise ConfigError(f'config.{key}={value!r} is invalid: it must be an integer >= 0.')
+  if not config.recover.learning_rate > 0:
+    raise ConfigError(f'config.recover.learning_rate={config.recover.learning_rate!r} must be '
+                      '> 0.')
+  if not config.prune.variants:
+    raise ConfigError('config.prune.variants is empty: name at least one, e.g. wanda/0.5.')
+  return [parse_lm_variant(v) for v in config.prune.variants]

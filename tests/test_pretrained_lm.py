@@ -103,7 +103,7 @@ def test_bad_configs_say_what_is_wrong(folders, tmp_path):
     section, name = key.split('.')
     config[section][name] = value
     with pytest.raises(ConfigError, match=message):
-      pretrained_lm.run(config, str(tmp_path / 'bad'))
+      pretrained_lm.run(config, str(tmp_path / "bad"))
 
 
 @pytest.mark.parametrize('fsdp,tensor', [(8, 1), (4, 2)])

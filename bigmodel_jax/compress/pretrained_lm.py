@@ -28,89 +28,15 @@ import numpy as np
 import optax
 
 from bigmodel_jax import checkpoint, logs, perplexity, pretrained, pruning, report
+from bigmodel_jax import config as config_lib
+from bigmodel_jax.config import LmVariant
 from bigmodel_jax.data import text as text_data
 from bigmodel_jax.errors import ConfigError
 from bigmodel_jax.pruning import sequential
 from bigmodel_jax.training import workdir as workdir_lib
 
-METHODS = ('magnitude', 'wanda', 'sparsegpt', 'owl-wanda', 'owl-sparsegpt')
 RESULTS_MD = 'results.md'
 PLOT = 'perplexity.png'
-
-
-@dataclasses.dataclass(frozen=True)
-class LmVariant:
-  """One variant: a method and either a sparsity or an N:M pattern."""
-  method: str
-  sparsity: float | None = None
-  n: int = 0
-  m: int = 0
-
-  @property
-  def label(self) -> str:
-    target = f'{self.n}:{self.m}' if self.n else f'{self.sparsity:g}'
-    return f'{self.method}/{target}'
-
-  @property
-  def slug(self) -> str:
-    return self.label.replace('/', '_').replace(':', '-')
-
-  @property
-  def pattern(self) -> str:
-    return f'{self.n}:{self.m}' if self.n else f'{self.sparsity:.0%} unstructured'
-
-
-def parse_variant(text: str) -> LmVariant:
-  """'wanda/0.5', 'sparsegpt/2:4', 'owl-wanda/0.7' -> LmVariant (ConfigError otherwise)."""
-  method, _, target = str(text).partition('/')
-  if method not in METHODS or not target:
-    raise ConfigError(f'prune.variants entry {text!r}: use <method>/<sparsity or N:M> with a '
-                      f'method in {", ".join(METHODS)}, e.g. wanda/0.5 or sparsegpt/2:4.')
-  if ':' in target and method.startswith('owl-'):
-    raise ConfigError(f'prune.variants entry {text!r}: OWL sets per-block sparsities and takes '
-                      'a sparsity, not an N:M pattern.')
-  try:
-    if ':' in target:
-      n, m = (int(x) for x in target.split(':'))
-      if not 0 < n < m:
-        raise ValueError
-      return LmVariant(method, n=n, m=m)
-    sparsity = float(target)
-  except ValueError:
-    raise ConfigError(f'prune.variants entry {text!r}: the target must be a sparsity in (0, 1) '
-                      'or N:M with 0 < N < M.') from None
-  if not 0 < sparsity < 1:
-    raise ConfigError(f'prune.variants entry {text!r}: the sparsity must be in (0, 1).')
-  return LmVariant(method, sparsity=sparsity)
-
-
-def validate(config: ml_collections.ConfigDict) -> list[LmVariant]:
-  """Checks the keys of a pretrained-LM config (configs/smollm2_prune.py); its variants."""
-  positive = {'model.max_len': config.model.max_len, 'eval.context': config.eval.context,
-              'eval.batch_size': config.eval.batch_size, 'eval.num_tokens': config.eval.num_tokens,
-              'calibration.num': config.calibration.num,
-              'calibration.length': config.calibration.length,
-              'calibration.batch_size': config.calibration.batch_size}
-  for key, value in positive.items():
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-      raise ConfigError(f'config.{key}={value!r} is invalid: it must be a positive integer.')
-  if config.sample.num_tokens < 0 or (config.sample.num_tokens and not config.sample.prompt):
-    raise ConfigError('config.sample.num_tokens must be >= 0, with a non-empty sample.prompt.')
-  if config.eval.context > config.model.max_len:
-    raise ConfigError(f'config.eval.context={config.eval.context} exceeds config.model.max_len='
-                      f'{config.model.max_len}.')
-  if not 1 <= config.eval.stride <= config.eval.context:
-    raise ConfigError(f'config.eval.stride={config.eval.stride} must be in [1, eval.context].')
-  for key in ('recover.steps', 'recover.checkpoint_every', 'seed'):
-    value = config[key.split('.')[0]][key.split('.')[1]] if '.' in key else config[key]
-    if not isinstance(value, int) or value < 0:
-      raise ConfigError(f'config.{key}={value!r} is invalid: it must be an integer >= 0.')
-  if not config.recover.learning_rate > 0:
-    raise ConfigError(f'config.recover.learning_rate={config.recover.learning_rate!r} must be '
-                      '> 0.')
-  if not config.prune.variants:
-    raise ConfigError('config.prune.variants is empty: name at least one, e.g. wanda/0.5.')
-  return [parse_variant(v) for v in config.prune.variants]
 
 
 def _fingerprint(config) -> str:
@@ -345,7 +271,7 @@ def _load(config) -> tuple[pretrained.Pretrained, Any]:
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """The whole workflow (see the module docstring); returns the results."""
-  variants = validate(config)
+  variants = config_lib.validate_pretrained_lm(config)
   os.makedirs(workdir, exist_ok=True)
   lock = workdir_lib.lock_workdir(workdir)
   try:
