@@ -129,3 +129,42 @@ def test_sharded_runs_give_the_same_masks_and_perplexity(folders, tmp_path, fsdp
     masks = [checkpoint.Checkpointer(str(tmp_path / n / folder / 'pruned')).restore_numpy()
              ['masks'] for n in ('one', 'pod')]
     jax.tree.map(np.testing.assert_array_equal, *masks)
+
+
+def test_launch_killed_mid_sweep_then_rerun_matches(folders, tmp_path):
+  import signal
+  import subprocess
+  import sys
+  import time
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  text_dir, model_dir = folders
+  command = [sys.executable, os.path.join(repo, 'launch.py'),
+             '--config=' + os.path.join(repo, 'configs', 'smollm2_prune.py'),
+             f'--config.model.pretrained={model_dir}', f'--config.data.text_dir={text_dir}',
+             f'--config.data.tfds_data_dir={tmp_path / "tfds"}', '--config.model.max_len=32',
+             '--config.calibration.num=4', '--config.calibration.length=16',
+             '--config.eval.num_tokens=200', '--config.eval.context=32', '--config.eval.stride=32',
+             '--config.prune.block_size=16', '--config.sample.prompt=to be', '--config.export=False',
+             '--config.recover.steps=4', '--config.recover.batch_size=2',
+             '--config.recover.checkpoint_every=1']
+  variants = "--config.prune.variants=('wanda/0.5','sparsegpt/2:4')"
+  workdir = tmp_path / 'killed'
+  proc = subprocess.Popen([*command, f'--workdir={workdir}', variants], cwd=repo,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.monotonic() + 240
+  while time.monotonic() < deadline and not (workdir / 'wanda_0.5' / 'recovered').exists():
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not (workdir / 'results.json').exists(), 'the run finished before it was killed'
+  rerun = subprocess.run([*command, f'--workdir={workdir}', variants], cwd=repo,
+                         capture_output=True, text=True, timeout=600)
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  whole = subprocess.run([*command, f'--workdir={tmp_path / "whole"}', variants], cwd=repo,
+                         capture_output=True, text=True, timeout=600)
+  assert whole.returncode == 0, whole.stderr[-3000:]
+  killed = json.load(open(workdir / 'results.json'))
+  uninterrupted = json.load(open(tmp_path / 'whole' / 'results.json'))
+  for a, b in zip(killed['rows'], uninterrupted['rows'], strict=True):
+    for key in ('perplexity', 'recovered_perplexity', 'sparsity', 'sample'):
+      assert a[key] == b[key], key
