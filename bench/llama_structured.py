@@ -10,7 +10,9 @@ calibration tokens (`llama_structured.calibration_scores`); four models follow, 
   dense;  mlp -25%: 25% of the SwiGLU units of every block removed;
   kv -1/3: 1 of the 3 key/value groups of every block removed with its 3 query heads (33% of
   heads);  both.
-Latency, each a compiled call (compiled ahead of time, two at a time, before any timing):
+Beside the times, what XLA counts for the compiled calls: GFLOP of the batch-8 prompt and MB
+accessed by a batch-1 decode step (the speed-ups the shrink allows on paper). Latency, each a
+compiled call (compiled ahead of time, two at a time, before any timing):
   prompt b1 / b8: the full forward of [batch, 256] tokens, all logits;
   decode b1 / b8: one token per step with the KV cache after a 256-token context (cache length
   320), ms per step, `--decode_steps` steps per figure.
@@ -19,8 +21,8 @@ wall time (the latency) and the process's CPU time (all its threads). The table 
 wall times and two speed-ups, each the median of the per-round ratios dense / variant (paired:
 the machine's speed drifts between rounds): of wall time and of CPU time, which leaves out time
 spent waiting for a core and is the steadier figure of the work saved on a shared machine.
-15 minutes on 2 cores shared with other jobs (load ~7); a rerun skips the compiles (~4 of them,
-persistent compilation cache).
+About 15 minutes on 2 cores shared with other jobs (load 7-11: ~3 of them compiling, the rest
+timing); the persistent compilation cache is on (`logs.use_compilation_cache`).
 Writes bench/out/llama_structured.json. Nothing here asserts a speed.
 """
 
@@ -160,11 +162,22 @@ def interleaved(timers: dict, rounds: int) -> dict:
   return times
 
 
-def table(models: dict, times: dict, nll: dict) -> list[str]:
+def costs(calls: dict) -> dict:
+  """{variant: (GFLOP of the batch-8 prompt, MB accessed by a batch-1 decode step)}, as XLA
+  counts them: what the shrink saves on paper, to set beside the times."""
+  out = {}
+  for name in {key[0] for key in calls}:
+    prompt = calls[name, 'prompt', max(BATCHES)].cost_analysis()
+    decode = calls[name, 'decode', min(BATCHES)].cost_analysis()
+    out[name] = prompt['flops'] / 1e9, decode['bytes accessed'] / 1e6
+  return out
+
+
+def table(models: dict, times: dict, nll: dict, cost: dict) -> list[str]:
   columns = [(kind, b) for kind in ('prompt', 'decode') for b in BATCHES]
   head = ' | '.join(f'{kind} b{b} ms{"/step" if kind == "decode" else ""}' for kind, b in columns)
-  lines = [f'| model | params | kv heads x blocks | mlp units | perplexity | {head} |',
-           '|---' * (5 + len(columns)) + '|']
+  lines = [f'| model | params | kv heads x blocks | mlp units | perplexity | GFLOP prompt b8 | '
+           f'MB/step decode b1 | {head} |', '|---' * (7 + len(columns)) + '|']
   for name, (model, params) in models.items():
     cells = []
     for kind, b in columns:
@@ -175,9 +188,11 @@ def table(models: dict, times: dict, nll: dict) -> list[str]:
                    f'{ms:.0f} ({ratios[0]:.2f}x; cpu {ratios[1]:.2f}x)')
     sizes = [model.layer_sizes(i) for i in range(model.num_layers)]
     count = sum(x.size for x in jax.tree.leaves(params))
+    paper = [f'{c:.0f}' if name == 'dense' else f'{c:.0f} ({d / c:.2f}x)'
+             for c, d in zip(cost[name], cost['dense'], strict=True)]
     lines.append(f'| {name} | {count / 1e6:.1f}M | {sizes[0][1]} x {model.num_layers} '
                  f'({sizes[0][0]} query) | {sizes[0][2]} | {np.exp(nll[name]):.1f} | '
-                 f'{" | ".join(cells)} |')
+                 f'{" | ".join(paper + cells)} |')
   return lines
 
 
@@ -202,19 +217,22 @@ def main():
             'mlp -25%': ls.shrink(model, params, None, keep_units),
             'kv -1/3': ls.shrink(model, params, keep_groups, None),
             'both': ls.shrink(model, params, keep_groups, keep_units)}
+  # On the device once: numpy leaves (a loaded model's) would be copied over at every call.
+  models = {name: (m, jax.device_put(p)) for name, (m, p) in models.items()}
   print(f'{source}; scored in {time.perf_counter() - began:.0f} s; compiling ...', flush=True)
   calls = compiled_calls(models, evals)
   print(f'compiled at {time.perf_counter() - began:.0f} s; timing ...', flush=True)
   nll = {}
   times = interleaved(timers(models, calls, evals, args.decode_steps, nll), args.rounds)
-  lines = table(models, times, nll)
+  cost = costs(calls)
+  lines = table(models, times, nll, cost)
   print('\n'.join(lines))
   print(f'(x): median of per-round dense / variant, wall and CPU time, {args.rounds} rounds; total '
         f'{time.perf_counter() - began:.0f} s')
   os.makedirs(os.path.join(REPO, 'bench', 'out'), exist_ok=True)
   with open(os.path.join(REPO, 'bench', 'out', 'llama_structured.json'), 'w') as f:
     json.dump({'machine': info, 'source': source, 'rounds': args.rounds,
-               'decode_steps': args.decode_steps, 'nll': nll, 'table': lines,
+               'decode_steps': args.decode_steps, 'nll': nll, 'gflop_mb': cost, 'table': lines,
                'seconds': {' '.join(map(str, k)): v for k, v in times.items()}}, f, indent=1)
 
 

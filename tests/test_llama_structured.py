@@ -134,6 +134,8 @@ def test_keep_by_fraction_per_block_and_global():
   np.testing.assert_array_equal(keep['block_0'], [True, True, True, True])
   np.testing.assert_array_equal(keep['block_1'], [False, False, True, False])  # >= 1 kept.
   assert ls.keep_by_fraction(scores, 0.99)['block_0'].sum() == 1
+  ties = ls.keep_by_fraction({'block_0': np.ones(4), 'block_1': np.ones(2)}, 0.5, scope='global')
+  np.testing.assert_array_equal(np.concatenate(list(ties.values())), [1, 1, 1, 0, 1, 0])
   assert all(k.all() for k in ls.keep_by_fraction(scores, 0.0).values())
 
 
@@ -178,6 +180,8 @@ def test_bad_inputs_are_refused_with_one_sentence():
   for fraction in (-0.1, 1.0, '0.5'):
     with pytest.raises(ConfigError, match='fraction'):
       ls.keep_by_fraction(scores, fraction)
+  with pytest.raises(ConfigError, match='non-empty score vectors'):
+    ls.keep_by_fraction({}, 0.5, scope='global')
   with pytest.raises(ConfigError, match='scope'):
     ls.keep_by_fraction(scores, 0.5, scope='blockwise')
   cases = {

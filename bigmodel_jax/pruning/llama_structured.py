@@ -128,6 +128,9 @@ def keep_by_fraction(scores: Mapping[str, Any], fraction: float, *,
   if scope not in SCOPES:
     raise ConfigError(f'scope={scope!r} is invalid; use one of: {", ".join(SCOPES)}.')
   scores = {k: np.asarray(v, np.float32) for k, v in scores.items()}
+  if not scores or not all(s.ndim == 1 and len(s) for s in scores.values()):
+    raise ConfigError('scores must map block names to non-empty score vectors; got '
+                      f'{ {k: s.shape for k, s in scores.items()} }.')
   if scope == 'layerwise':
     counts = {k: max(1, int(round((1 - fraction) * len(s)))) for k, s in scores.items()}
     return {k: _top(s, counts[k]) for k, s in scores.items()}
@@ -135,7 +138,8 @@ def keep_by_fraction(scores: Mapping[str, Any], fraction: float, *,
   flat = np.concatenate([scores[k] for k in names])
   owner = np.concatenate([np.full(len(scores[k]), i) for i, k in enumerate(names)])
   removed = np.zeros(len(flat), bool)
-  removed[np.argsort(flat, kind='stable')[:int(round(fraction * len(flat)))]] = True
+  order = np.argsort(-flat, kind='stable')  # Best first; the last of equal scores goes first.
+  removed[order[len(flat) - int(round(fraction * len(flat))):]] = True
   keep = {k: ~removed[owner == i] for i, k in enumerate(names)}
   for k, s in scores.items():
     keep[k][np.argmax(s)] = True
