@@ -187,3 +187,26 @@ def test_bad_inputs_raise_value_error():
     layerwise.sparsegpt(kernel, stats, n=2, m=4, block_size=6)
   with pytest.raises(ValueError, match=r'must be \[tokens, 12\]'):
     layerwise.accumulate(stats, jnp.zeros((5, 13)))
+
+
+def _sorted_per_output_mask(scores, k):
+  """The contract, by a stable sort: the k lowest of each column pruned, earlier ties first."""
+  rank = np.argsort(np.argsort(scores, axis=0, kind='stable'), axis=0, kind='stable')
+  return rank >= k
+
+
+def test_per_output_mask_equals_a_stable_sort_with_ties():
+  rng = np.random.default_rng(6)
+  scores = rng.integers(0, 5, size=(101, 37)).astype(np.float32)  # Mostly ties.
+  scores[:, 0] = 2.0  # A column of one value: position alone decides.
+  scores[:7, 1] = -0.0  # -0 ties with +0, as in a sort.
+  scores[3, 2] = np.nan  # Sorts last.
+  scores[:, 3] = rng.normal(size=101)  # No ties.
+  masks = jax.jit(layerwise.per_output_mask, static_argnums=1)
+  for sparsity in (0.0, 0.3, 0.5, 0.99):
+    expected = _sorted_per_output_mask(scores, round(sparsity * 101))
+    np.testing.assert_array_equal(masks(jnp.asarray(scores), sparsity), expected)
+    np.testing.assert_array_equal(  # Traced sparsity, and scores without ties.
+        jax.jit(layerwise.per_output_mask)(jnp.asarray(scores[:, 3:]), jnp.float32(sparsity)),
+        expected[:, 3:])
+

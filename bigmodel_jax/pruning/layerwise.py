@@ -129,10 +129,54 @@ def per_output_mask(scores: jax.Array, sparsity) -> jax.Array:
 
   Ties go by position: the earlier input is pruned first. Every column has the same count.
   """
-  k = _count(sparsity, scores.shape[0])
-  order = jnp.argsort(scores, axis=0, stable=True)
-  rank = jnp.argsort(order, axis=0, stable=True)
-  return rank >= k
+  return _lowest_k_per_column(scores, _count(sparsity, scores.shape[0]))
+
+
+def _sort_keys(scores: jax.Array) -> jax.Array:
+  """uint32 keys in the order of a float sort (jnp.sort): -0 equals +0, every NaN is last."""
+  keys = selection.sortable_keys(jnp.where(scores == 0, 0.0, scores))
+  return jnp.where(jnp.isnan(scores), jnp.uint32(0xFFFFFFFF), keys)
+
+
+def _column_kth_smallest(keys: jax.Array, k, bits: int) -> jax.Array:
+  """Per column of keys: [n, c] (uint32 below 2**bits), the smallest t with count(keys <= t) >= k.
+
+  Found bit by bit from the top, as `selection.kth_smallest_key` does over a whole tree: `bits`
+  counting passes, no sort. k: int32, scalar or [c]. Returns [c] uint32; 0 where k is 0.
+  """
+  def body(i, prefix):
+    bit = jnp.uint32(bits - 1) - i.astype(jnp.uint32)
+    low = prefix | ((jnp.uint32(1) << bit) - jnp.uint32(1))  # Bit `bit` clear, lower bits set.
+    count = jnp.sum(keys <= low, axis=0, dtype=jnp.int32)
+    return jnp.where(count >= k, prefix, prefix | (jnp.uint32(1) << bit))
+
+  return jax.lax.fori_loop(0, bits, body, jnp.zeros(keys.shape[1:], jnp.uint32))
+
+
+def _lowest_k_per_column(scores: jax.Array, k) -> jax.Array:
+  """Keep-mask: bool [n, c] pruning exactly the k lowest of each column of scores: [n, c].
+
+  Ties at a column's threshold go by row, the earlier first. XLA:CPU sorts are slow (a stable
+  argsort of 1024 x 1024 takes longer than the whole search), so the threshold is searched:
+  32 counting passes over the keys and, only when some column has more ties at its threshold
+  than it prunes, a second search over the rows of the ties.
+  """
+  keys = _sort_keys(scores)
+  k = jnp.asarray(k, jnp.int32)
+  threshold = _column_kth_smallest(keys, k, 32)
+  below = keys < threshold
+  tie = keys == threshold
+  ties_needed = k - jnp.sum(below, axis=0, dtype=jnp.int32)
+
+  def earliest_ties(_):
+    rows = jnp.arange(scores.shape[0], dtype=jnp.uint32)[:, None]
+    tie_rows = jnp.where(tie, rows, jnp.uint32(scores.shape[0]))
+    last = _column_kth_smallest(tie_rows, ties_needed, int(scores.shape[0]).bit_length())
+    return tie & (rows <= last) & (ties_needed > 0)
+
+  every_tie = jnp.all(jnp.sum(tie, axis=0, dtype=jnp.int32) == ties_needed)
+  pruned_ties = jax.lax.cond(every_tie, lambda _: tie, earliest_ties, None)
+  return ~(below | pruned_ties)
 
 
 def wanda_mask(kernel: jax.Array, stats: LayerStats, sparsity=None, *, n: int = 0,
