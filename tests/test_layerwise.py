@@ -210,3 +210,11 @@ def test_per_output_mask_equals_a_stable_sort_with_ties():
         jax.jit(layerwise.per_output_mask)(jnp.asarray(scores[:, 3:]), jnp.float32(sparsity)),
         expected[:, 3:])
 
+
+def test_gram_of_a_wide_layer_is_exactly_symmetric_and_right():
+  rng = np.random.default_rng(8)
+  x = rng.normal(size=(64, 600)).astype(np.float32)  # Wide enough to be split in 4 groups.
+  xtx = np.asarray(layerwise.accumulate(layerwise.init_stats(600), jnp.asarray(x)).xtx)
+  np.testing.assert_array_equal(xtx, xtx.T)
+  np.testing.assert_allclose(xtx, x.astype(np.float64).T @ x, rtol=1e-4, atol=1e-3)
+
