@@ -187,3 +187,85 @@ def test_bad_inputs_raise_value_error():
     layerwise.sparsegpt(kernel, stats, n=2, m=4, block_size=6)
   with pytest.raises(ValueError, match=r'must be \[tokens, 12\]'):
     layerwise.accumulate(stats, jnp.zeros((5, 13)))
+
+
+def _sorted_per_output_mask(scores, k):
+  """The contract, by a stable sort: the k lowest of each column pruned, earlier ties first."""
+  rank = np.argsort(np.argsort(scores, axis=0, kind='stable'), axis=0, kind='stable')
+  return rank >= k
+
+
+def test_per_output_mask_equals_a_stable_sort_with_ties():
+  rng = np.random.default_rng(6)
+  scores = rng.integers(0, 5, size=(101, 37)).astype(np.float32)  # Mostly ties.
+  scores[:, 0] = 2.0  # A column of one value: position alone decides.
+  scores[:7, 1] = -0.0  # -0 ties with +0, as in a sort.
+  scores[3, 2] = np.nan  # Sorts last.
+  scores[:, 3] = rng.normal(size=101)  # No ties.
+  masks = jax.jit(layerwise.per_output_mask, static_argnums=1)
+  for sparsity in (0.0, 0.3, 0.5, 0.99):
+    expected = _sorted_per_output_mask(scores, round(sparsity * 101))
+    np.testing.assert_array_equal(masks(jnp.asarray(scores), sparsity), expected)
+    np.testing.assert_array_equal(  # Traced sparsity, and scores without ties.
+        jax.jit(layerwise.per_output_mask)(jnp.asarray(scores[:, 3:]), jnp.float32(sparsity)),
+        expected[:, 3:])
+
+
+def test_gram_of_a_wide_layer_is_exactly_symmetric_and_right():
+  rng = np.random.default_rng(8)
+  x = rng.normal(size=(64, 600)).astype(np.float32)  # Wide enough to be split in 4 groups.
+  xtx = np.asarray(layerwise.accumulate(layerwise.init_stats(600), jnp.asarray(x)).xtx)
+  np.testing.assert_array_equal(xtx, xtx.T)
+  np.testing.assert_allclose(xtx, x.astype(np.float64).T @ x, rtol=1e-4, atol=1e-3)
+
+
+def test_inverse_hessian_factor_is_the_upper_cholesky_factor_of_the_inverse(layer):
+  _, _, stats = layer
+  factor, dead = layerwise._inverse_hessian_factor(stats.xtx, 0.01)
+  h = np.asarray(stats.xtx, np.float64)
+  h += 0.01 * np.mean(np.diag(h)) * np.eye(IN)
+  expected = np.linalg.cholesky(np.linalg.inv(h)).T
+  assert not np.any(dead)
+  np.testing.assert_array_equal(np.tril(np.asarray(factor), -1), 0)
+  np.testing.assert_allclose(factor, expected, rtol=1e-3, atol=1e-4 * np.abs(expected).max())
+
+
+def _plain_sparsegpt(kernel, xtx, sparsity, n, m, block, damp=0.01):
+  """SparseGPT as the reference `fasterprune` loops it, in float64 and the Flax layout: rows one
+  by one, each updating all later rows of its block; the exact per-block counts of ours."""
+  w = np.asarray(kernel, np.float64).copy()
+  h = np.asarray(xtx, np.float64) + damp * np.mean(np.diag(xtx)) * np.eye(len(w))
+  u = np.linalg.cholesky(np.linalg.inv(h)).T
+  keep = np.ones(w.shape, bool)
+  for a in range(0, len(w), block):
+    b = min(a + block, len(w))
+    scores = w[a:b] ** 2 / np.diag(u)[a:b, None] ** 2
+    if not n:
+      count = round(sparsity * b * w.shape[1]) - round(sparsity * a * w.shape[1])
+      order = np.argsort(scores.ravel(), kind='stable')[:count]
+      keep[a:b].flat[order] = False
+    errors = np.zeros_like(w[a:b])
+    for i in range(a, b):
+      if n and (i - a) % m == 0:
+        group = w[i:i + m] ** 2 / np.diag(u)[i:i + m, None] ** 2
+        rank = np.argsort(np.argsort(-group, axis=0, kind='stable'), axis=0, kind='stable')
+        keep[i:i + m] = rank < n
+      q = np.where(keep[i], w[i], 0.0)
+      errors[i - a] = (w[i] - q) / u[i, i]
+      w[i:b] -= u[i, i:b, None] * errors[i - a]
+      w[i] = q
+    w[b:] -= u[a:b, b:].T @ errors
+  return w, keep
+
+
+@pytest.mark.parametrize('kwargs', [{'sparsity': 0.6}, {'n': 2, 'm': 4}])
+def test_sparsegpt_equals_the_plain_row_by_row_loop(layer, kwargs):
+  """The blocked and recursive updates change only the order of float sums."""
+  _, kernel, stats = layer
+  kernel, xtx = kernel[:160, :48], stats.xtx[:160, :160]  # Blocks 64, 64 and a padded 32.
+  sub = layerwise.LayerStats(stats.sq_norm[:160], xtx, stats.count)
+  new_kernel, mask = _sparsegpt_jit(kernel, sub, **kwargs, block_size=64)
+  expected, expected_keep = _plain_sparsegpt(kernel, xtx, kwargs.get('sparsity'),
+                                             kwargs.get('n', 0), kwargs.get('m', 0), 64)
+  np.testing.assert_array_equal(mask, expected_keep)
+  np.testing.assert_allclose(new_kernel, np.where(expected_keep, expected, 0), atol=2e-5)

@@ -122,6 +122,18 @@ def test_nm_pattern(mlp, n, m):
   assert np.all(masks['Dense_2']['kernel'])
 
 
+def test_nm_mask_equals_a_stable_sort_with_ties():
+  rng = np.random.default_rng(7)
+  scores = rng.integers(-3, 4, size=(3, 32, 40)).astype(np.float32)  # Many ties; 3-D kernel.
+  scores[0, 0, :5] = -0.0  # Ties with +0.0, as in a sort.
+  scores[1, 4, 3] = np.nan  # Ranks lowest: its group still keeps exactly n.
+  for n, m in ((2, 4), (1, 4), (4, 8), (5, 16)):
+    grouped = scores.reshape(-1, m, 40)
+    order = np.argsort(-np.nan_to_num(grouped, nan=-np.inf), axis=1, kind='stable')
+    expected = (np.argsort(order, axis=1, kind='stable') < n).reshape(scores.shape)
+    np.testing.assert_array_equal(pruning.nm_mask(jnp.asarray(scores), n, m), expected)
+
+
 def test_nm_rejects_bad_patterns(mlp):
   _, params = mlp
   with pytest.raises(ConfigError, match='0 < N < M'):

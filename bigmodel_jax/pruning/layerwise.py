@@ -63,9 +63,26 @@ def accumulate(stats: LayerStats, x: jax.Array) -> LayerStats:
     raise ConfigError(f'Calibration inputs have shape {x.shape}; they must be [tokens, '
                       f'{in_features}] for these stats (flatten batch and sequence dims).')
   x = x.astype(jnp.float32)
-  return LayerStats(stats.sq_norm + jnp.sum(x * x, axis=0),
-                    stats.xtx + jnp.matmul(x.T, x, precision=_HIGHEST),
+  return LayerStats(stats.sq_norm + jnp.sum(x * x, axis=0), stats.xtx + _gram(x),
                     stats.count + x.shape[0])
+
+
+def _gram(x: jax.Array, parts: int = 4) -> jax.Array:
+  """x^T x: [in, in] for x: [tokens, in], from the products of its upper block triangle.
+
+  XLA has no symmetric rank-k update (BLAS syrk), so the inputs are split into `parts` groups
+  and only the parts * (parts + 1) / 2 products on and above the diagonal are computed (10 of 16
+  for 4: ~0.6x the time of the full product on CPU); the rest are their transposes, so the
+  result is exactly symmetric.
+  """
+  width = -(-x.shape[1] // parts)
+  if width < 128:  # Small layers: one product; splitting would only add overhead.
+    return jnp.matmul(x.T, x, precision=_HIGHEST)
+  groups = [x[:, i:i + width] for i in range(0, x.shape[1], width)]
+  upper = {(i, j): jnp.matmul(groups[i].T, groups[j], precision=_HIGHEST)
+           for i in range(len(groups)) for j in range(i, len(groups))}
+  return jnp.block([[upper[i, j] if i <= j else upper[j, i].T for j in range(len(groups))]
+                    for i in range(len(groups))])
 
 
 def reconstruction_error(x: jax.Array, kernel: jax.Array, new_kernel: jax.Array) -> jax.Array:
@@ -129,10 +146,54 @@ def per_output_mask(scores: jax.Array, sparsity) -> jax.Array:
 
   Ties go by position: the earlier input is pruned first. Every column has the same count.
   """
-  k = _count(sparsity, scores.shape[0])
-  order = jnp.argsort(scores, axis=0, stable=True)
-  rank = jnp.argsort(order, axis=0, stable=True)
-  return rank >= k
+  return _lowest_k_per_column(scores, _count(sparsity, scores.shape[0]))
+
+
+def _sort_keys(scores: jax.Array) -> jax.Array:
+  """uint32 keys in the order of a float sort (jnp.sort): -0 equals +0, every NaN is last."""
+  keys = selection.sortable_keys(jnp.where(scores == 0, 0.0, scores))
+  return jnp.where(jnp.isnan(scores), jnp.uint32(0xFFFFFFFF), keys)
+
+
+def _column_kth_smallest(keys: jax.Array, k, bits: int) -> jax.Array:
+  """Per column of keys: [n, c] (uint32 below 2**bits), the smallest t with count(keys <= t) >= k.
+
+  Found bit by bit from the top, as `selection.kth_smallest_key` does over a whole tree: `bits`
+  counting passes, no sort. k: int32, scalar or [c]. Returns [c] uint32; 0 where k is 0.
+  """
+  def body(i, prefix):
+    bit = jnp.uint32(bits - 1) - i.astype(jnp.uint32)
+    low = prefix | ((jnp.uint32(1) << bit) - jnp.uint32(1))  # Bit `bit` clear, lower bits set.
+    count = jnp.sum(keys <= low, axis=0, dtype=jnp.int32)
+    return jnp.where(count >= k, prefix, prefix | (jnp.uint32(1) << bit))
+
+  return jax.lax.fori_loop(0, bits, body, jnp.zeros(keys.shape[1:], jnp.uint32))
+
+
+def _lowest_k_per_column(scores: jax.Array, k) -> jax.Array:
+  """Keep-mask: bool [n, c] pruning exactly the k lowest of each column of scores: [n, c].
+
+  Ties at a column's threshold go by row, the earlier first. XLA:CPU sorts are slow (a stable
+  argsort of 1024 x 1024 takes longer than the whole search), so the threshold is searched:
+  32 counting passes over the keys and, only when some column has more ties at its threshold
+  than it prunes, a second search over the rows of the ties.
+  """
+  keys = _sort_keys(scores)
+  k = jnp.asarray(k, jnp.int32)
+  threshold = _column_kth_smallest(keys, k, 32)
+  below = keys < threshold
+  tie = keys == threshold
+  ties_needed = k - jnp.sum(below, axis=0, dtype=jnp.int32)
+
+  def earliest_ties(_):
+    rows = jnp.arange(scores.shape[0], dtype=jnp.uint32)[:, None]
+    tie_rows = jnp.where(tie, rows, jnp.uint32(scores.shape[0]))
+    last = _column_kth_smallest(tie_rows, ties_needed, int(scores.shape[0]).bit_length())
+    return tie & (rows <= last) & (ties_needed > 0)
+
+  every_tie = jnp.all(jnp.sum(tie, axis=0, dtype=jnp.int32) == ties_needed)
+  pruned_ties = jax.lax.cond(every_tie, lambda _: tie, earliest_ties, None)
+  return ~(below | pruned_ties)
 
 
 def wanda_mask(kernel: jax.Array, stats: LayerStats, sparsity=None, *, n: int = 0,
@@ -156,21 +217,107 @@ def wanda_mask(kernel: jax.Array, stats: LayerStats, sparsity=None, *, n: int = 
 
 
 def _inverse_hessian_factor(xtx: jax.Array, damp) -> tuple[jax.Array, jax.Array]:
-  """(U upper triangular with U^T U = (H + damping)^-1: [in, in], dead inputs: bool [in])."""
+  """(U upper triangular with U^T U = (H + damping)^-1: [in, in], dead inputs: bool [in]).
+
+  One Cholesky factorisation and one triangular inverse, where the reference computes H^-1 and
+  factors it again: with J the reversal of the inputs and J H J = L L^T, U = J L^-1 J is upper
+  triangular with a positive diagonal and U^T U = J L^-T L^-1 J = H^-1, so it is the factor.
+  """
   diag = jnp.diagonal(xtx)
   dead = diag == 0
   # An input that never fires has no curvature: unit diagonal keeps H invertible, and its
   # weights (zeroed by the caller) then neither matter nor propagate.
   h = xtx + jnp.diag(jnp.where(dead, 1.0, 0.0))
   h = h + jnp.eye(h.shape[0], dtype=h.dtype) * (damp * jnp.mean(jnp.diagonal(h)))
-  lower = jnp.linalg.cholesky(h)
-  lower_inv = jax.scipy.linalg.solve_triangular(lower, jnp.eye(h.shape[0], dtype=h.dtype),
-                                                lower=True)
-  h_inv = jnp.matmul(lower_inv.T, lower_inv, precision=_HIGHEST)
-  return jnp.triu(jnp.linalg.cholesky(h_inv).T), dead
+  # H is symmetric (`_gram`), and the factorisation reads one triangle: no symmetrising copy.
+  lower = jax.lax.linalg.cholesky(h[::-1, ::-1], symmetrize_input=False)
+  return jnp.triu(_lower_triangular_inverse(lower)[::-1, ::-1]), dead
 
 
-# Over 80 lines: a 27-line docstring, and loop bodies that close over the padded block layout.
+def _lower_triangular_inverse(lower: jax.Array, leaf: int = 128) -> jax.Array:
+  """L^-1 for L lower triangular [n, n], by halves: [[A, 0], [B, C]]^-1 is
+  [[A^-1, 0], [-C^-1 B A^-1, C^-1]], so most of the work is in matmuls (on CPU ~2x faster than
+  one triangular solve against the identity, which only the leaves do)."""
+  n = lower.shape[0]
+  if n <= leaf:
+    return jax.scipy.linalg.solve_triangular(lower, jnp.eye(n, dtype=lower.dtype), lower=True)
+  k = n // 2
+  a_inv = _lower_triangular_inverse(lower[:k, :k], leaf)
+  c_inv = _lower_triangular_inverse(lower[k:, k:], leaf)
+  below = -jnp.matmul(c_inv, jnp.matmul(lower[k:, :k], a_inv, precision=_HIGHEST),
+                      precision=_HIGHEST)
+  return jnp.block([[a_inv, jnp.zeros((k, n - k), lower.dtype)], [below, c_inv]])
+
+
+_LEAF_ROWS = 16  # Rows pruned one by one, between the matmuls that update a block's later rows.
+
+
+def _prune_rows(w, u, keep, n: int, m: int):
+  """Prunes the rows of w: [s, out] in order, each one's error spread over the later rows.
+
+  Args:
+    w: the rows' current weights, every earlier row's update applied.
+    u: [s, s] the rows' block of the inverse Hessian factor.
+    keep: bool [s, out], or None for N:M: each group of m rows is then chosen on its weights as
+      they are when its first row is reached.
+  Returns:
+    (pruned rows [s, out], errors [s, out], keep [s, out]).
+  """
+  unit = m if keep is None else 1
+  inv_diag_sq = 1.0 / jnp.diagonal(u) ** 2
+
+  def group_step(g, carry):
+    w, errors, keep = carry
+    if unit > 1:
+      rows = jax.lax.dynamic_slice_in_dim(w, g * unit, unit, axis=0)
+      scale = jax.lax.dynamic_slice_in_dim(inv_diag_sq, g * unit, unit)
+      group_keep = selection.nm_mask(rows * rows * scale[:, None], n, m)
+      keep = jax.lax.dynamic_update_slice_in_dim(keep, group_keep, g * unit, axis=0)
+    for r in range(unit):
+      i = g * unit + r
+      q = jnp.where(keep[i], w[i], 0.0)
+      err = (w[i] - q) / u[i, i]
+      # U is upper triangular, so rows before i are untouched; row i is set to q exactly.
+      w = (w - u[i][:, None] * err[None, :]).at[i].set(q)
+      errors = errors.at[i].set(err)
+    return w, errors, keep
+
+  keep = jnp.ones(w.shape, jnp.bool_) if keep is None else keep
+  return jax.lax.fori_loop(0, w.shape[0] // unit, group_step, (w, jnp.zeros_like(w), keep))
+
+
+def _leaf_rows(block: int, unit: int) -> int:
+  """Rows per leaf: the largest multiple of `unit` dividing `block`, at most ~_LEAF_ROWS."""
+  return max(r for r in range(unit, max(_LEAF_ROWS, unit) + 1, unit) if block % r == 0)
+
+
+def _prune_block(w, u, keep, n: int, m: int):
+  """`_prune_rows` for a whole block w: [block, out], in leaves of a few rows: each leaf's rows
+  update only each other one by one, and the block's later rows get the leaf's errors in one
+  product (the reference updates all later rows of the block after every row)."""
+  unit = m if keep is None else 1
+  block, leaf = w.shape[0], _leaf_rows(w.shape[0], unit)
+  keep = jnp.ones(w.shape, jnp.bool_) if keep is None else keep
+
+  u_t = u.T  # Column j of U as a row: the coefficients of input j's error in later rows.
+
+  def leaf_step(j, carry):
+    w, errors, keep = carry
+    start = j * leaf
+    rows = lambda x: jax.lax.dynamic_slice_in_dim(x, start, leaf, axis=0)
+    u_leaf = jax.lax.dynamic_slice_in_dim(rows(u), start, leaf, axis=1)
+    q, err, leaf_keep = _prune_rows(rows(w), u_leaf, None if unit > 1 else rows(keep), n, m)
+    # Rows before the leaf have zero coefficients (U is upper triangular), and the leaf's own
+    # rows are then overwritten with their final values.
+    w = w - jnp.matmul(jax.lax.dynamic_slice_in_dim(u_t, start, leaf, axis=1), err,
+                       precision=_HIGHEST)
+    update = lambda x, part: jax.lax.dynamic_update_slice_in_dim(x, part, start, axis=0)
+    return update(w, q), update(errors, err), update(keep, leaf_keep)
+
+  return jax.lax.fori_loop(0, block // leaf, leaf_step, (w, jnp.zeros_like(w), keep))
+
+
+# Over 80 lines: a 27-line docstring, and a loop body that closes over the padded block layout.
 def sparsegpt(kernel: jax.Array, stats: LayerStats, sparsity=None, *, n: int = 0, m: int = 0,
               block_size: int = 128, damp: float = 0.01) -> tuple[jax.Array, jax.Array]:
   """SparseGPT: prunes `kernel` and updates its kept weights to reconstruct the layer's outputs.
@@ -221,6 +368,7 @@ def sparsegpt(kernel: jax.Array, stats: LayerStats, sparsity=None, *, n: int = 0
   # are zero and they are sliced off at the end.
   factor = jnp.pad(factor, ((0, pad), (0, pad)))
   factor = factor + jnp.diag(jnp.concatenate([jnp.zeros(fan_in), jnp.ones(pad)]))
+  factor_t = factor.T  # Its column blocks as row blocks: the matmuls' preferred layout.
   weights = jnp.where(dead[:, None], 0.0, kernel.astype(jnp.float32))
   weights = jnp.pad(weights, ((0, pad), (0, 0)))
   keep = jnp.ones((padded, fan_out), jnp.bool_)
@@ -231,53 +379,34 @@ def sparsegpt(kernel: jax.Array, stats: LayerStats, sparsity=None, *, n: int = 0
     block_counts = jnp.asarray(cumulative[1:] - cumulative[:-1], jnp.int32)
   real_rows = (jnp.arange(padded) < fan_in)
 
-  def process_row(i, carry, keep_row, u_block):
-    """Prunes row i of the block and spreads its error over the block's later rows."""
-    w_block, errors = carry
-    w = w_block[i]
-    q = jnp.where(keep_row, w, 0.0)
-    err = (w - q) / u_block[i, i]
-    # U is upper triangular, so rows before i are untouched; row i is set to q exactly.
-    w_block = w_block - u_block[i][:, None] * err[None, :]
-    w_block = w_block.at[i].set(q)
-    return w_block, errors.at[i].set(err)
-
   def block_step(b, state):
     weights, keep = state
     start = b * block
     w_block = jax.lax.dynamic_slice_in_dim(weights, start, block, axis=0)
     u_rows = jax.lax.dynamic_slice_in_dim(factor, start, block, axis=0)
     u_block = jax.lax.dynamic_slice_in_dim(u_rows, start, block, axis=1)
-    inv_diag_sq = 1.0 / jnp.diagonal(u_block) ** 2
-    errors = jnp.zeros_like(w_block)
-
-    if nm:
-      def group_step(g, carry):
-        w_block, errors, keep_block = carry
-        rows = jax.lax.dynamic_slice_in_dim(w_block, g * m, m, axis=0)
-        scale = jax.lax.dynamic_slice_in_dim(inv_diag_sq, g * m, m)
-        group_keep = selection.nm_mask(rows * rows * scale[:, None], n, m)
-        keep_block = jax.lax.dynamic_update_slice_in_dim(keep_block, group_keep, g * m, axis=0)
-        for r in range(m):
-          w_block, errors = process_row(g * m + r, (w_block, errors), group_keep[r], u_block)
-        return w_block, errors, keep_block
-
-      keep_block = jnp.ones((block, fan_out), jnp.bool_)
-      w_block, errors, keep_block = jax.lax.fori_loop(0, block // m, group_step,
-                                                      (w_block, errors, keep_block))
-    else:
-      scores = w_block * w_block * inv_diag_sq[:, None]
+    u_cols = jax.lax.dynamic_slice_in_dim(factor_t, start, block, axis=1)  # = u_rows.T
+    keep_block = None
+    if not nm:
+      scores = w_block * w_block * (1.0 / jnp.diagonal(u_block) ** 2)[:, None]
       in_layer = jax.lax.dynamic_slice_in_dim(real_rows, start, block)
       scores = jnp.where(in_layer[:, None], scores, jnp.inf)  # Padding is never chosen.
-      keep_block = selection.lowest_k_masks([scores], block_counts[b])[0]
-      w_block, errors = jax.lax.fori_loop(
-          0, block, lambda i, c: process_row(i, c, keep_block[i], u_block), (w_block, errors))
+      keep_block = _lowest_k_per_column(scores.reshape(-1, 1), block_counts[b])
+      keep_block = keep_block.reshape(scores.shape)
+    w_block, errors, keep_block = _prune_block(w_block, u_block, keep_block, n, m)
 
-    # Lazy batch update: the later blocks receive this block's errors in one matmul.
-    later = jnp.arange(padded) >= start + block
-    spread = jnp.where(later[None, :], u_rows, 0.0)
-    weights = weights - jnp.matmul(spread.T, errors, precision=_HIGHEST)
     weights = jax.lax.dynamic_update_slice_in_dim(weights, w_block, start, axis=0)
+
+    def spread(c, weights):
+      """Lazy batch update: later block c receives this block's errors in one matmul."""
+      rows = jax.lax.dynamic_slice_in_dim(weights, c * block, block, axis=0)
+      coupling = jax.lax.dynamic_slice_in_dim(u_cols, c * block, block, axis=0)
+      rows = rows - jnp.matmul(coupling, errors, precision=_HIGHEST)
+      return jax.lax.dynamic_update_slice_in_dim(weights, rows, c * block, axis=0)
+
+    # Only the later blocks, one by one (not one product over all rows with the earlier ones'
+    # coefficients zeroed, which would do twice the work).
+    weights = jax.lax.fori_loop(b + 1, num_blocks, spread, weights)
     keep = jax.lax.dynamic_update_slice_in_dim(keep, keep_block, start, axis=0)
     return weights, keep
 
