@@ -144,8 +144,8 @@ def test_launch_killed_mid_sweep_then_rerun_matches(folders, tmp_path):
              f'--config.data.tfds_data_dir={tmp_path / "tfds"}', '--config.model.max_len=32',
              '--config.calibration.num=4', '--config.calibration.length=16',
              '--config.eval.num_tokens=200', '--config.eval.context=32', '--config.eval.stride=32',
-             '--config.prune.block_size=16', '--config.sample.prompt=to be', '--config.export=False',
-             '--config.recover.steps=4', '--config.recover.batch_size=2',
+             '--config.prune.block_size=16', '--config.sample.prompt=to be',
+             '--config.export=False', '--config.recover.steps=4', '--config.recover.batch_size=2',
              '--config.recover.checkpoint_every=1']
   variants = "--config.prune.variants=('wanda/0.5','sparsegpt/2:4')"
   workdir = tmp_path / 'killed'
