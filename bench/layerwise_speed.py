@@ -360,6 +360,10 @@ def main():
         f"SIMD {' '.join(info['simd_flags'])}")
   print('versions: ' + ', '.join(f'{k} {v}' for k, v in info['versions'].items()))
   print(f'flags: {vars(args)}')
+  for repo in (args.sparsegpt_repo, args.wanda_repo):
+    head = subprocess.run(['git', '-C', repo, 'log', '-1', '--format=%h %cs'], text=True,
+                          capture_output=True).stdout.strip()
+    print(f'reference {repo}: {head or "(not a git checkout)"}')
   reports = []
   for threads in (int(t) for t in args.threads.split(',')):
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), *sys.argv[1:],
