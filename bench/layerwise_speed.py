@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/layerwise_speed.py --sparsegpt_repo ../sparsegpt --wanda_repo ../wanda
         [--threads 1,2] [--rounds 5] [--shapes 1024x1024,576x1536,1536x576] [--tokens 4096]
-        [--baseline_rev main]
+        [--baseline_rev c936722]
 
 The reference is the papers' code, cloned beside (`git clone https://github.com/IST-DASLab/sparsegpt`,
 `git clone https://github.com/locuslab/wanda`) and imported from those folders, never copied:
@@ -345,7 +345,8 @@ def main():
   parser.add_argument('--shapes', default='1024x1024,576x1536,1536x576', help='INxOUT,...')
   parser.add_argument('--tokens', type=int, default=4096, help='calibration rows')
   parser.add_argument('--chunk_rows', type=int, default=2048, help='rows per add_batch call')
-  parser.add_argument('--baseline_rev', default='main', help='git revision of "old"')
+  parser.add_argument('--baseline_rev', default='c936722',
+                      help='git revision of "old" (default: the last one before these changes)')
   parser.add_argument('--child_threads', type=int, default=0, help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.tokens % args.chunk_rows:
