@@ -64,7 +64,9 @@ def test_one_shot_methods_prune_exactly_and_sparsegpt_loses_least(trained, targe
     results[method] = float(loss(new, held_out))
   print(f'{target}: dense {dense_loss:.4f}, one-shot losses {results}')
   assert results['sparsegpt'] < results['magnitude']
-  assert results['wanda'] < results['magnitude'] * 1.05  # Wanda ~ magnitude on a toy, not worse.
+  # SparseGPT reconstructs what it prunes; Wanda only chooses. (Against magnitude over the whole
+  # layer, Wanda's per-output choice wins on LLMs, not on this toy: docs/results/pretrained_llm.)
+  assert results['sparsegpt'] < results['wanda']
 
 
 def test_only_dense_kernels_can_be_pruned_one_shot(trained):

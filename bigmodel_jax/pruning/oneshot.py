@@ -77,10 +77,14 @@ def _wanda(kernel, stats, sparsity, n, m, block_size, damp):
 
 
 def _magnitude(kernel, stats, sparsity, n, m, block_size, damp):
-  """|W| with Wanda's comparison groups: the baseline of both papers."""
+  """|W|, the baseline of both papers: the lowest fraction of the whole layer (as the Wanda
+  reference code's `prune_magnitude`), or N:M groups along each output's inputs."""
   del stats, block_size, damp
   scores = jnp.abs(kernel)
-  mask = (selection.nm_mask(scores, n, m) if n else layerwise.per_output_mask(scores, sparsity))
+  if n:
+    mask = selection.nm_mask(scores, n, m)
+  else:
+    mask = selection.lowest_k_masks([scores], layerwise._count(sparsity, scores.size))[0]
   return jnp.where(mask, kernel, 0), mask
 
 
@@ -99,7 +103,7 @@ def prune(apply_fn: Callable, params: Any, batches: list, *, method: str, prunab
     params: trained params.
     batches: calibration model inputs (e.g. token windows [batch, seq_len]); reused per group.
     method: 'wanda', 'sparsegpt' (which also updates the kept weights), or 'magnitude' (|W|
-      with Wanda's comparison groups, a baseline).
+      over the whole layer, the papers' baseline).
     prunable: bool tree like params (`masks.prunable_tree`); only Dense kernels may be True.
     sparsity: fraction of each layer's weights to remove (Wanda: of each output unit's inputs).
     n, m: instead of `sparsity`, keep n of every m consecutive inputs of each output.

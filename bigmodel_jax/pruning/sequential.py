@@ -200,7 +200,8 @@ def prune(model, params: Any, windows, *, method: str, sparsity: float | None = 
     model: a model with `embed` and `block(i)` (e.g. models.Llama).
     params: its params.
     windows: calibration token windows [N, L] (`calibration_windows`); unused by magnitude.
-    method: 'magnitude' (|W| per output unit, the papers' baseline), 'wanda' or 'sparsegpt'.
+    method: 'magnitude' (|W| over each whole layer, the papers' baseline), 'wanda' or
+      'sparsegpt'.
     sparsity: fraction of each layer's weights to remove; or n and m for N:M (e.g. 2, 4).
     owl: OWL's per-block sparsities (unstructured only) instead of the same for every block.
     layers: the block-relative layers to prune.
