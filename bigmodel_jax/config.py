@@ -360,7 +360,8 @@ def validate_parallelism(config: ml_collections.ConfigDict) -> None:
 
 # --- the pretrained-LM workflow (configs/smollm2_prune.py) ---------------------------------
 
-LM_METHODS = ('magnitude', 'wanda', 'sparsegpt', 'owl-wanda', 'owl-sparsegpt')
+LM_STRUCTURED = ('mlp', 'heads', 'mlp+heads')  # Parts removed physically (a smaller model).
+LM_METHODS = ('magnitude', 'wanda', 'sparsegpt', 'owl-wanda', 'owl-sparsegpt') + LM_STRUCTURED
 
 
 @dataclasses.dataclass(frozen=True)
@@ -382,7 +383,14 @@ class LmVariant:
 
   @property
   def pattern(self) -> str:
+    if self.structured:
+      parts = {'mlp': 'MLP units', 'heads': 'kv groups', 'mlp+heads': 'MLP units + kv groups'}
+      return f'{self.sparsity:.0%} of {parts[self.method]}'
     return f'{self.n}:{self.m}' if self.n else f'{self.sparsity:.0%} unstructured'
+
+  @property
+  def structured(self) -> bool:
+    return self.method in LM_STRUCTURED
 
 
 def parse_lm_variant(text: str) -> LmVariant:
@@ -394,6 +402,9 @@ def parse_lm_variant(text: str) -> LmVariant:
   if ':' in target and method.startswith('owl-'):
     raise ConfigError(f'prune.variants entry {text!r}: OWL sets per-block sparsities and takes '
                       'a sparsity, not an N:M pattern.')
+  if ':' in target and method in LM_STRUCTURED:
+    raise ConfigError(f'prune.variants entry {text!r}: a structured variant takes the fraction '
+                      'removed (e.g. mlp/0.25), not an N:M pattern.')
   try:
     if ':' in target:
       n, m = (int(x) for x in target.split(':'))
@@ -435,4 +446,24 @@ def validate_pretrained_lm(config: ml_collections.ConfigDict) -> list[LmVariant]
                       '> 0.')
   if not config.prune.variants:
     raise ConfigError('config.prune.variants is empty: name at least one, e.g. wanda/0.5.')
-  return [parse_lm_variant(v) for v in config.prune.variants]
+  variants = [parse_lm_variant(v) for v in config.prune.variants]
+  if any(v.structured for v in variants):
+    _validate_lm_structured(config)
+  return variants
+
+
+def _validate_lm_structured(config: ml_collections.ConfigDict) -> None:
+  s = config.structured
+  if s.scope not in ('layerwise', 'global'):
+    raise ConfigError(f"config.structured.scope={s.scope!r} is invalid: use 'layerwise' or "
+                      "'global'.")
+  for key, least in (('latency_rounds', 0), ('latency_length', 1), ('decode_steps', 1)):
+    if not isinstance(s[key], int) or isinstance(s[key], bool) or s[key] < least:
+      raise ConfigError(f'config.structured.{key}={s[key]!r} is invalid: it must be an integer '
+                        f'>= {least}.')
+  batches = tuple(s.latency_batches)
+  if not batches or not all(isinstance(b, int) and b >= 1 for b in batches):
+    raise ConfigError(f'config.structured.latency_batches={batches!r} must be positive integers.')
+  if s.latency_rounds and s.latency_length + s.decode_steps > config.model.max_len:
+    raise ConfigError(f'config.structured.latency_length={s.latency_length} + decode_steps='
+                      f'{s.decode_steps} exceed config.model.max_len={config.model.max_len}.')
