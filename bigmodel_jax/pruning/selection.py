@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bigmodel_jax import logs
 from bigmodel_jax.errors import ConfigError
 from bigmodel_jax.pruning import masks as masks_lib
 
@@ -159,11 +160,40 @@ def nm_mask(scores: jax.Array, n: int, m: int, path: str = 'a kernel') -> jax.Ar
   return (rank < n).reshape(shape)
 
 
-def nm_masks(scores: Any, n: int, m: int, *, prunable: Any = None) -> Any:
-  """`nm_mask` on every prunable leaf; others stay all True. Sparsity is exactly 1 - n/m."""
+def nm_divisible(shape: Sequence[int], m: int) -> bool:
+  """Whether a kernel of `shape` has an input dimension (axis -2) that N:M groups of m fill."""
+  return len(shape) >= 2 and shape[-2] % m == 0
+
+
+def nm_masks(scores: Any, n: int, m: int, *, prunable: Any = None,
+             skip_indivisible: bool = False, skipped: list[str] | None = None) -> Any:
+  """`nm_mask` on every prunable leaf; others stay all True. Sparsity is exactly 1 - n/m.
+
+  Args:
+    scores: a score tree like the params.
+    n, m: keep n of every m consecutive entries along the input dimension.
+    prunable: tree of bools; default every leaf.
+    skip_indivisible: leave dense (all True) the prunable leaves whose input dimension does not
+      divide by m, as NVIDIA's ASP does, instead of raising. Their paths are appended to
+      `skipped` and logged (`logs.say`).
+    skipped: a list that receives the paths of the leaves left dense.
+
+  Raises:
+    ConfigError: a prunable leaf's input dimension does not divide by m and `skip_indivisible`
+      is False.
+  """
   leaves, treedef = jax.tree.flatten(scores)
   flags = jax.tree.leaves(prunable) if prunable is not None else [True] * len(leaves)
   paths = masks_lib.leaf_paths(scores)
-  out = [nm_mask(s, n, m, p) if f else jnp.ones(s.shape, jnp.bool_)
-         for s, f, p in zip(leaves, flags, paths, strict=True)]
+  out, left_dense = [], []
+  for s, f, p in zip(leaves, flags, paths, strict=True):
+    if f and skip_indivisible and not nm_divisible(s.shape, m):
+      left_dense.append(p)
+      f = False
+    out.append(nm_mask(s, n, m, p) if f else jnp.ones(s.shape, jnp.bool_))
+  if left_dense:
+    logs.say(f'N:M {n}:{m} leaves dense {len(left_dense)} layer(s) whose input dimension does '
+             f'not divide by {m}: {", ".join(left_dense)}')
+    if skipped is not None:
+      skipped.extend(left_dense)
   return jax.tree.unflatten(treedef, out)
