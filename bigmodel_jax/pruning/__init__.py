@@ -44,6 +44,7 @@ from bigmodel_jax.pruning.selection import (
   masks_from_scores,
   nm_mask,
   nm_masks,
+  nm_prunable,
 )
 from bigmodel_jax.pruning.structured import neuron_keep, neuron_masks, neuron_scores, shrink_mlp
 
@@ -52,7 +53,7 @@ __all__ = [
     'compute_scores', 'distributions', 'dynamic', 'heads', 'is_update_step',
     'iterative_sparsities', 'layer_sparsities', 'layerwise', 'leaf_paths',
     'load_compact', 'lowest_k_masks', 'magnitude', 'masked', 'masks_from_scores', 'methods',
-    'neuron_keep', 'neuron_masks', 'neuron_scores', 'nm_mask', 'nm_masks', 'ones_like',
-    'oneshot', 'polynomial_sparsity', 'prunable_tree', 'prune_opt_state', 'random', 'saliency',
-    'save_compact', 'sensitivity', 'shrink_mlp', 'sparsity_stats', 'ste',
+    'neuron_keep', 'neuron_masks', 'neuron_scores', 'nm_mask', 'nm_masks', 'nm_prunable',
+    'ones_like', 'oneshot', 'polynomial_sparsity', 'prunable_tree', 'prune_opt_state', 'random',
+    'saliency', 'save_compact', 'sensitivity', 'shrink_mlp', 'sparsity_stats', 'ste',
 ]
