@@ -60,10 +60,10 @@ def _drop_and_regrow(mask, weight, grow_score, fraction):
 
 
 def _map_prunable(fn, prunable, masks, *trees):
-  flags = jax.tree.leaves(prunable) if prunable is not None else None
+  """fn(mask, *leaves of trees) on the prunable leaves of `masks`; others unchanged."""
   leaves, treedef = jax.tree.flatten(masks)
+  flags = jax.tree.leaves(prunable) if prunable is not None else [True] * len(leaves)
   others = [jax.tree.leaves(t) for t in trees]
-  flags = flags if flags is not None else [True] * len(leaves)
   out = [fn(m, *(o[i] for o in others)) if flags[i] else m for i, m in enumerate(leaves)]
   return jax.tree.unflatten(treedef, out)
 
