@@ -140,9 +140,10 @@ def get_config() -> ml_collections.ConfigDict:
   prune.distribution = 'global'
   # How pruned weights train: 'masked' = frozen at zero; 'ste' (gradual schedule) = straight-
   # through: the forward sees masked weights, the dense ones get the gradient and the masks are
-  # recomputed from them every gradual_every_steps; 'set' | 'rigl' (one_shot schedule) = dynamic
-  # sparse training: every dst_every_steps drop the smallest active weights of each layer and
-  # regrow as many at random (SET) or by largest gradient (RigL), at zero with zeroed moments.
+  # recomputed from them every gradual_every_steps along the ramp; 'set' | 'rigl' (one_shot
+  # schedule) = dynamic sparse training: every dst_every_steps drop the smallest active weights
+  # of each layer and regrow as many at random (SET) or by largest gradient (RigL), at zero with
+  # zeroed moments.
   prune.training = 'masked'
   prune.dst_every_steps = 100  # set | rigl: steps between drop-and-regrow updates.
   prune.dst_drop_fraction = 0.3  # set | rigl: fraction of a layer's active weights redrawn at the first update, decayed by cosine to 0.

@@ -228,3 +228,21 @@ def test_nm_skips_layers_it_cannot_group_when_asked(capsys):
   assert bool(np.all(masks['Dense_1']['kernel']))
   assert int(np.sum(masks['Dense_0']['kernel'])) == 24
   assert 'Dense_1/kernel' in capsys.readouterr().out
+
+
+def test_ste_with_fixed_masks_trains_the_kept_weights_as_masked_training_does():
+  # Once the masks stop changing, STE is masked training of the kept weights (the pruned dense
+  # weights move but are never seen): the two trajectories agree.
+  plain = _state(pruning.masked(optax.adam(1e-2)))
+  prunable = pruning.prunable_tree(plain.params)
+  masks = pruning.masks_from_scores(pruning.magnitude(plain.params), 0.7, prunable=prunable)
+  params = pruning.apply_masks(plain.params, masks)
+  plain = plain.replace(params=params, masks=masks)
+  tx = ste.optimizer(optax.adam(1e-2))
+  through = _state(tx).replace(params=params, masks=masks, opt_state=tx.init(plain.params))
+  step = jax.jit(train.train_step)
+  for i in range(20):
+    plain, _ = step(plain, _batch(i))
+    through, _ = step(through, _batch(i))
+  for a, b in zip(jax.tree.leaves(plain.params), jax.tree.leaves(through.params), strict=True):
+    np.testing.assert_allclose(a, b, atol=1e-5)

@@ -9,12 +9,14 @@ Research code, in its own loss:
 `straight_through` is the masked params in the forward pass and the identity in the backward
 one, so every dense weight (pruned ones included) gets the gradient of its masked position;
 recompute `masks` from |params| (`selection.masks_from_scores`) on your schedule.
+A pruned weight whose dense value grows back past the threshold returns at the next update.
 
 Or with the library's train step (what the launcher uses): `optimizer(inner)` keeps the dense
 weights in its state (`STEState.dense`) and sets the train state's params to the masked dense
 weights after every update, so evaluation, checkpoints and export see the sparse model as usual
 and the step's gradient, taken at the masked params, is the straight-through one;
-`mask_updater(...)` is the train-step hook that recomputes the masks from the dense weights.
+`mask_updater(...)` is the train-step hook that recomputes the masks from the dense weights
+on the gradual schedule's update steps.
 """
 
 from collections.abc import Mapping
@@ -64,20 +66,15 @@ def optimizer(inner: optax.GradientTransformation) -> optax.GradientTransformati
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def is_update_step(step, *, begin_step: int, frequency: int):
-  """True on begin_step + i * frequency, i >= 0: masks are recomputed through to the end of
-  training (not only along the ramp), which is what lets pruned weights come back."""
-  step = jnp.asarray(step)
-  return (step >= begin_step) & ((step - begin_step) % frequency == 0)
-
-
 def mask_updater(*, final_sparsity: float, begin_step: int, end_step: int, frequency: int,
                  prunable: Any, scope: str = 'global', initial_sparsity: float = 0.0,
                  overrides: Mapping[str, float] | None = None):
   """A train-step hook (`train.train_step(before_step=...)`) for a state whose optimizer is
-  `optimizer(...)`: on update steps, masks from the magnitude of the dense weights at the
-  polynomial schedule's sparsity (`schedules.polynomial_sparsity`; `overrides` per leaf, each on
-  the same ramp), and params = the masked dense weights. Other steps leave the state alone."""
+  `optimizer(...)`: on the gradual schedule's update steps (`schedules.is_update_step`: begin,
+  every `frequency`, end), masks from the magnitude of the dense weights at the polynomial
+  schedule's sparsity (`overrides` per leaf, each on the same ramp), and params = the masked
+  dense weights. Other steps leave the state alone; after end_step the masks stay fixed, as
+  jaxpruner's STE pruners do (recomputing them to the end measured worse: see docs/pruning.md)."""
   selection.check_sparsity(final_sparsity, 'final_sparsity')
   overrides = dict(overrides or {})
   kwargs = dict(begin_step=begin_step, end_step=end_step, frequency=frequency)
@@ -95,6 +92,6 @@ def mask_updater(*, final_sparsity: float, begin_step: int, end_step: int, frequ
     return state.replace(params=params, masks=masks)
 
   def hook(state):
-    due = is_update_step(state.step, begin_step=begin_step, frequency=frequency)
-    return jax.lax.cond(due, update, lambda s: s, state)
+    return jax.lax.cond(schedules.is_update_step(state.step, **kwargs), update, lambda s: s,
+                        state)
   return hook
