@@ -8,7 +8,7 @@ import ml_collections
 from bigmodel_jax import data, losses, models, optim
 from bigmodel_jax.errors import ConfigError
 from bigmodel_jax.models import common
-from bigmodel_jax.pruning import export, methods, schedules, selection
+from bigmodel_jax.pruning import distributions, export, methods, schedules, selection
 
 
 def _one_of(key: str, value, accepted: Iterable[str]) -> None:
@@ -236,7 +236,51 @@ def variants(config: ml_collections.ConfigDict) -> list[Variant]:
                           f'variants; {v.name!r} would ignore it. Drop the variant or the '
                           'overrides.')
   _check_prune_schedule(config, parsed)
+  _check_prune_training(config, parsed)
   return parsed
+
+
+TRAININGS = ('masked', 'ste', 'set', 'rigl')
+
+
+def _check_prune_training(config: ml_collections.ConfigDict, parsed: list[Variant]) -> None:
+  """prune.distribution, prune.training (STE, SET, RigL) and prune.nm_skip_indivisible."""
+  p = config.prune
+  _one_of('prune.distribution', p.distribution, distributions.DISTRIBUTIONS)
+  _one_of('prune.training', p.training, TRAININGS)
+  _check('prune.nm_skip_indivisible', p.nm_skip_indivisible,
+         isinstance(p.nm_skip_indivisible, bool), 'True or False')
+  unstructured = [v for v in parsed if v.kind in ('global', 'layerwise')]
+  if p.distribution != 'global':
+    for v in parsed:
+      if v not in unstructured or v.method.score is None:
+        raise ConfigError(f'prune.distribution={p.distribution!r} spreads the sparsity of '
+                          'unstructured global|layerwise variants of a weight score; '
+                          f'{v.name!r} would ignore it.')
+  if p.training == 'masked':
+    return
+  if p.training == 'ste' and p.schedule != 'gradual':
+    raise ConfigError("prune.training='ste' recomputes masks along the gradual ramp: set "
+                      "prune.schedule='gradual'.")
+  if p.training in ('set', 'rigl'):
+    if p.schedule != 'one_shot':
+      raise ConfigError(f'prune.training={p.training!r} prunes once and then drops and regrows '
+                        "during retraining: set prune.schedule='one_shot'.")
+    if p.retrain_epochs == 0 and p.retrain_steps == 0:
+      raise ConfigError(f'prune.training={p.training!r} needs a retraining phase: '
+                        'prune.retrain_epochs (or retrain_steps) > 0.')
+    _positive_int('prune.dst_every_steps', p.dst_every_steps)
+    _check('prune.dst_drop_fraction', p.dst_drop_fraction, 0 < p.dst_drop_fraction < 1,
+           'in (0, 1)')
+    _check('prune.dst_end_fraction', p.dst_end_fraction, 0 < p.dst_end_fraction <= 1,
+           'in (0, 1]')
+  for v in parsed:
+    if v not in unstructured:
+      raise ConfigError(f'prune.training={p.training!r} trains unstructured global|layerwise '
+                        f'masks; {v.name!r} is not one.')
+    if p.training == 'ste' and v.score != 'magnitude':
+      raise ConfigError(f"prune.training='ste' recomputes masks from the dense weights' "
+                        f'magnitude; {v.name!r} scores otherwise (use magnitude/...).')
 
 
 def _check_prune_schedule(config: ml_collections.ConfigDict, parsed: list[Variant]) -> None:

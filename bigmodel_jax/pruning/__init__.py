@@ -8,10 +8,13 @@
     opt_state = pruning.prune_opt_state(tx, tx.init(params), masks)
 
 Masks are bool trees shaped like the params (True = keep). `METHODS` is the registry of pruning
-methods (`methods.Method`: score function, kinds, schedules). See each module for details.
+methods (`methods.Method`: score function, kinds, schedules). `distributions` spreads a target
+over layers (uniform, ERK), `ste` trains straight-through, `dynamic` drops and regrows (SET,
+RigL). See each module for details.
 """
 
-from bigmodel_jax.pruning import heads, layerwise, methods, oneshot
+from bigmodel_jax.pruning import distributions, dynamic, heads, layerwise, methods, oneshot, ste
+from bigmodel_jax.pruning.distributions import DISTRIBUTIONS, layer_sparsities
 from bigmodel_jax.pruning.export import load_compact, save_compact
 from bigmodel_jax.pruning.masks import (
   DEFAULT_INCLUDE,
@@ -41,14 +44,16 @@ from bigmodel_jax.pruning.selection import (
   masks_from_scores,
   nm_mask,
   nm_masks,
+  nm_prunable,
 )
 from bigmodel_jax.pruning.structured import neuron_keep, neuron_masks, neuron_scores, shrink_mlp
 
 __all__ = [
-    'DEFAULT_INCLUDE', 'METHODS', 'SCHEDULES', 'apply_masks', 'batch_loss_fn', 'compute_scores',
-    'heads', 'is_update_step', 'iterative_sparsities', 'layerwise', 'leaf_paths',
+    'DEFAULT_INCLUDE', 'DISTRIBUTIONS', 'METHODS', 'SCHEDULES', 'apply_masks', 'batch_loss_fn',
+    'compute_scores', 'distributions', 'dynamic', 'heads', 'is_update_step',
+    'iterative_sparsities', 'layer_sparsities', 'layerwise', 'leaf_paths',
     'load_compact', 'lowest_k_masks', 'magnitude', 'masked', 'masks_from_scores', 'methods',
-    'neuron_keep', 'neuron_masks', 'neuron_scores', 'nm_mask', 'nm_masks', 'ones_like',
-    'oneshot', 'polynomial_sparsity', 'prunable_tree', 'prune_opt_state', 'random', 'saliency',
-    'save_compact', 'sensitivity', 'shrink_mlp', 'sparsity_stats',
+    'neuron_keep', 'neuron_masks', 'neuron_scores', 'nm_mask', 'nm_masks', 'nm_prunable',
+    'ones_like', 'oneshot', 'polynomial_sparsity', 'prunable_tree', 'prune_opt_state', 'random',
+    'saliency', 'save_compact', 'sensitivity', 'shrink_mlp', 'sparsity_stats', 'ste',
 ]

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bigmodel_jax import logs
 from bigmodel_jax.errors import ConfigError
 from bigmodel_jax.pruning import masks as masks_lib
 
@@ -159,8 +160,52 @@ def nm_mask(scores: jax.Array, n: int, m: int, path: str = 'a kernel') -> jax.Ar
   return (rank < n).reshape(shape)
 
 
-def nm_masks(scores: Any, n: int, m: int, *, prunable: Any = None) -> Any:
-  """`nm_mask` on every prunable leaf; others stay all True. Sparsity is exactly 1 - n/m."""
+def nm_divisible(shape: Sequence[int], m: int) -> bool:
+  """Whether a kernel of `shape` has an input dimension (axis -2) that N:M groups of m fill."""
+  return len(shape) >= 2 and shape[-2] % m == 0
+
+
+def nm_prunable(params: Any, m: int, prunable: Any = None) -> tuple[Any, list[str]]:
+  """(prunable without the leaves N:M cannot group, their paths), as NVIDIA's ASP skips them.
+
+  A leaf is left out when its input dimension (axis -2) does not divide by m; the skipped
+  paths are also logged in one line (`logs.say`). Use the returned tree as `prunable` of any
+  N:M pruning (`nm_masks`, `oneshot.prune(n=, m=)`).
+  """
+  leaves, treedef = jax.tree.flatten(params)
+  flags = jax.tree.leaves(prunable) if prunable is not None else [True] * len(leaves)
+  paths = masks_lib.leaf_paths(params)
+  skipped = [p for p, x, f in zip(paths, leaves, flags, strict=True)
+             if f and not nm_divisible(jnp.shape(x), m)]
+  if skipped:
+    logs.say(f'N:M with M={m} leaves dense {len(skipped)} layer(s) whose input dimension does '
+             f'not divide by {m}: {", ".join(skipped)}')
+  kept = [bool(f) and p not in skipped for p, f in zip(paths, flags, strict=True)]
+  return jax.tree.unflatten(treedef, kept), skipped
+
+
+def nm_masks(scores: Any, n: int, m: int, *, prunable: Any = None,
+             skip_indivisible: bool = False, skipped: list[str] | None = None) -> Any:
+  """`nm_mask` on every prunable leaf; others stay all True. Sparsity is exactly 1 - n/m.
+
+  Args:
+    scores: a score tree like the params.
+    n, m: keep n of every m consecutive entries along the input dimension.
+    prunable: tree of bools; default every leaf.
+    skip_indivisible: leave dense (all True) the prunable leaves whose input dimension does not
+      divide by m, as NVIDIA's ASP does, instead of raising (`nm_prunable`: their paths are
+      logged and appended to `skipped`).
+    skipped: a list that receives the paths of the leaves left dense.
+
+  Raises:
+    ConfigError: a prunable leaf's input dimension does not divide by m and `skip_indivisible`
+      is False.
+  """
+  check_nm(n, m)
+  if skip_indivisible:
+    prunable, left_dense = nm_prunable(scores, m, prunable)
+    if skipped is not None:
+      skipped.extend(left_dense)
   leaves, treedef = jax.tree.flatten(scores)
   flags = jax.tree.leaves(prunable) if prunable is not None else [True] * len(leaves)
   paths = masks_lib.leaf_paths(scores)
