@@ -90,8 +90,9 @@ def align(params: Any, other: Any, *, what: str, fn: str) -> list[Any]:
   missing = [p for p in paths if p not in found]
   extra = sorted(set(found) - set(paths))
   if missing or extra:
-    raise ValueError(f'{fn}: {what} must have the leaves of params, matched by path; missing: '
-                     f'{", ".join(missing) or "none"}; not in params: {", ".join(extra) or "none"}.')
+    raise ValueError(f'{fn}: {what} must have the leaves of params, matched by path; '
+                     f'missing: {", ".join(missing) or "none"}; '
+                     f'not in params: {", ".join(extra) or "none"}.')
   return [found[p] for p in paths]
 
 

@@ -14,7 +14,6 @@ out of range reaches the counts. NaN scores rank lowest: they are pruned first.
 """
 
 import functools
-
 from collections.abc import Mapping, Sequence
 from typing import Any
 
