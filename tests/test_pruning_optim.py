@@ -89,8 +89,8 @@ def test_stock_train_state_keeps_pruned_weights_zero(name):
   start = state.params
   for _ in range(100):
     state = step(state)
-  for path, w, m, w0 in zip(pruning.leaf_paths(masks), jax.tree.leaves(state.params),
-                            jax.tree.leaves(masks), jax.tree.leaves(start), strict=True):
+  for path, w, m in zip(pruning.leaf_paths(masks), jax.tree.leaves(state.params),
+                        jax.tree.leaves(masks), strict=True):
     assert np.all(np.asarray(w)[~np.asarray(m)] == 0.0), f'{name}: {path} revived'
     assert np.all(np.isfinite(np.asarray(w)))
   moved = np.asarray(state.params['a']['kernel'] != start['a']['kernel'])
