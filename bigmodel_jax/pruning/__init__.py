@@ -16,7 +16,15 @@ Masks are bool trees shaped like the params (True = keep). `METHODS` is the regi
 methods (`methods.Method`: score function, kinds, schedules). See each module for details.
 """
 
-from bigmodel_jax.pruning import gradual, heads, layerwise, methods, oneshot
+from bigmodel_jax.pruning import (
+  gradual,
+  heads,
+  layerwise,
+  llama_structured,
+  methods,
+  oneshot,
+  sequential,
+)
 from bigmodel_jax.pruning.export import load_compact, save_compact
 from bigmodel_jax.pruning.gradual import mask_updater
 from bigmodel_jax.pruning.masks import (
@@ -59,9 +67,9 @@ from bigmodel_jax.pruning.structured import neuron_keep, neuron_masks, neuron_sc
 __all__ = [
     'DEFAULT_INCLUDE', 'METHODS', 'SCHEDULES', 'MaskedState', 'apply_masks', 'batch_loss_fn',
     'check_masks', 'compute_scores', 'gradual', 'heads', 'is_update_step', 'iterative_sparsities',
-    'layerwise', 'leaf_paths', 'load_compact', 'lowest_k_masks', 'magnitude', 'mask_updater',
-    'masked', 'masks_from_scores', 'methods', 'neuron_keep', 'neuron_masks', 'neuron_scores',
-    'nm_mask', 'nm_masks', 'ones_like', 'oneshot', 'polynomial_sparsity', 'prunable_tree',
-    'prune_nnx_optimizer', 'prune_opt_state', 'random', 'saliency', 'save_compact',
-    'sensitivity', 'shrink_mlp', 'sparsity_stats',
+    'layerwise', 'leaf_paths', 'llama_structured', 'load_compact', 'lowest_k_masks', 'magnitude',
+    'mask_updater', 'masked', 'masks_from_scores', 'methods', 'neuron_keep', 'neuron_masks',
+    'neuron_scores', 'nm_mask', 'nm_masks', 'ones_like', 'oneshot', 'polynomial_sparsity',
+    'prunable_tree', 'prune_nnx_optimizer', 'prune_opt_state', 'random', 'saliency',
+    'save_compact', 'sensitivity', 'sequential', 'shrink_mlp', 'sparsity_stats',
 ]
