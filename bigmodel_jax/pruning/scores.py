@@ -12,11 +12,10 @@
     random       uniform noise: the control every method has to beat
 
 The registry of methods (`pruning.methods`) maps each name to one of these. `loss_fn(params,
-batch) -> scalar` is the mean loss on a batch; `batches` is an iterable of
-batches (e.g. a few training batches) of any pytree form whose leaves all have the batch size
-as their leading axis (`batch_loss_fn` builds a loss for any split and model call). Neuron
-scores for structured pruning sum a weight score
-over each neuron's incoming weights (`pruning.structured`).
+batch) -> scalar` is the mean loss on a batch; `batches` is an iterable of batches (e.g. a few
+training batches) of any pytree form whose leaves all have the batch size as their leading axis
+(`batch_loss_fn` builds a loss for any split and model call). Neuron scores for structured
+pruning sum a weight score over each neuron's incoming weights (`pruning.structured`).
 """
 
 from collections.abc import Callable, Iterable
