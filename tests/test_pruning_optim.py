@@ -212,3 +212,20 @@ def test_prune_nnx_optimizer_zeroes_moments_and_sets_masks():
   for _ in range(30):
     _nnx_step(model, optimizer)
   _assert_nnx_pruned(model, masks)  # The new, sparser masks are the ones in use.
+
+
+def test_carried_masks_found_inside_wrappers():
+  """`masked` inside MultiSteps / chain: prune_opt_state still finds and replaces its masks."""
+  params = _params()
+  inner = pruning.masked(optax.adam(1e-2), masks=pruning.ones_like(params))
+  tx = optax.MultiSteps(optax.chain(optax.clip(1.0), inner), every_k_schedule=2)
+  state = train_state.TrainState.create(apply_fn=_apply, params=params, tx=tx)
+  step = jax.jit(lambda s: s.apply_gradients(grads=jax.grad(_loss)(s.params)))
+  state = step(step(state))
+  masks = _masks(state.params)
+  state = state.replace(params=pruning.apply_masks(state.params, masks),
+                        opt_state=pruning.prune_opt_state(tx, state.opt_state, masks))
+  for _ in range(20):
+    state = step(state)
+  for w, m in zip(jax.tree.leaves(state.params), jax.tree.leaves(masks), strict=True):
+    assert np.all(np.asarray(w)[~np.asarray(m)] == 0.0)
