@@ -46,6 +46,8 @@ def validate(config: ml_collections.ConfigDict, *, prune: bool | None = None) ->
 
 
 def _validate_training(config: ml_collections.ConfigDict) -> None:
+  _check('seed', config.seed, isinstance(config.seed, int) and 0 <= config.seed < 2**32,
+         'an integer in [0, 2**32)')
   d = config.data
   _one_of('data.name', d.name, data.DATASETS)
   _one_of('data.source', d.source, data.SOURCES)

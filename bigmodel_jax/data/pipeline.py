@@ -71,7 +71,7 @@ def _data_dir(data_config: ml_collections.ConfigDict) -> str | None:
 def _idx_source(data_config: ml_collections.ConfigDict, split: str):
   import tensorflow_datasets as tfds  # Late, as everywhere here: ~0.3 s to import.
 
-  from bigmodel_jax.data import idx_builder
+  from bigmodel_jax.data import idx_builder, text
   builder = idx_builder.IdxImages(config=data_config.name, data_dir=_data_dir(data_config))
   if not builder.is_prepared():
     if data_config.idx_dir:
@@ -80,6 +80,8 @@ def _idx_source(data_config: ml_collections.ConfigDict, split: str):
             f'config.data.idx_dir={data_config.idx_dir!r} is not a folder: point it at the four '
             f'{data_config.name} IDX files (for Fashion-MNIST on Debian/Ubuntu: apt-get install '
             "dataset-fashion-mnist), or set it to '' to download them.")
+      for name in idx.SPLIT_PREFIXES:  # All four there (TFDS would try to download instead).
+        idx.split_paths(data_config.idx_dir, name)
       logs.say(f'Preparing {data_config.name} from {data_config.idx_dir} into '
                f'{builder.data_dir} (once)')
       download_config = tfds.download.DownloadConfig(manual_dir=data_config.idx_dir)
@@ -87,8 +89,24 @@ def _idx_source(data_config: ml_collections.ConfigDict, split: str):
       logs.say(f"Downloading {data_config.name}'s IDX files (config.data.idx_dir is ''); "
                'offline? point config.data.idx_dir at a folder holding them.')
       download_config = tfds.download.DownloadConfig()
-    with logs.without_prints():
-      builder.download_and_prepare(download_config=download_config, file_format='array_record')
+      url = idx_builder.url(data_config.name, 'train', 'labels')
+      why = text.reachable(url)
+      if why is not None:
+        raise DataError(f"Could not download {data_config.name}'s IDX files from {url} ({why}; "
+                        'offline?): put the four files in a folder and set '
+                        '--config.data.idx_dir=FOLDER.')
+    try:
+      with logs.without_prints():
+        builder.download_and_prepare(download_config=download_config, file_format='array_record')
+    except DataError:
+      raise
+    except Exception as e:  # noqa: BLE001  (TFDS's download errors have many types)
+      if data_config.idx_dir:
+        raise DataError(f'Preparing {data_config.name} from {data_config.idx_dir} failed '
+                        f'({type(e).__name__}: {" ".join(str(e).split())[:300]}).') from e
+      raise DataError(f"Could not download {data_config.name}'s IDX files "
+                      f'({type(e).__name__}; offline?): put the four files in a folder and set '
+                      '--config.data.idx_dir=FOLDER.') from e
   return builder.as_data_source(split)
 
 
