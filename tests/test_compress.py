@@ -73,8 +73,15 @@ def test_sweep_end_to_end(prune_config, tmp_path):
   assert 1 - np.mean(np.concatenate([np.asarray(saved['masks'][n]['kernel']).ravel()
                                      for n in ('Dense_0', 'Dense_1', 'Dense_2')])) \
       == pytest.approx(glob['sparsity'])
-  # A second run finds every phase done and reproduces the table.
+  # A second run finds every phase done and reproduces the table; a torn row.json (as an older
+  # version's in-place write could leave) is computed again from the phases' checkpoints.
+  row_path = os.path.join(workdir, glob['dir'], 'row.json')
+  with open(row_path) as f:
+    text = f.read()
+  with open(row_path, 'w') as f:
+    f.write(text[:len(text) // 2])
   again = compress.run(prune_config, workdir)
+  assert not [n for n in os.listdir(workdir) if '.tmp' in n]
   assert [r['test_accuracy'] for r in again['rows']] == \
       [r['test_accuracy'] for r in results['rows']]
   # A changed config is not served from the cache: retraining resumes from its last checkpoint

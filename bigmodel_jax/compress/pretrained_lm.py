@@ -88,14 +88,8 @@ def _tokens(config, tokenizer) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _read_row(path: str, fingerprint: str) -> dict | None:
-  if not os.path.exists(path):
-    return None
-  try:
-    with open(path) as f:
-      row = json.load(f)
-  except json.JSONDecodeError:
-    return None  # A torn file from an older version: recompute.
-  return row if row.get('fingerprint') == fingerprint else None
+  row = report.read_json(path)  # None when missing or torn: recomputed.
+  return row if isinstance(row, dict) and row.get('fingerprint') == fingerprint else None
 
 
 def _prune(job: _Job, variant: LmVariant, directory: str):
@@ -236,9 +230,8 @@ def plot(results: dict[str, Any], path: str) -> None:
   ax.set_title(results['model'])
   ax.legend()
   fig.tight_layout()
-  fig.savefig(path + '.tmp.png', dpi=120)
+  report.save_figure(fig, path, dpi=120)
   plt.close(fig)
-  os.replace(path + '.tmp.png', path)
 
 
 def _load(config) -> tuple[pretrained.Pretrained, Any]:
@@ -273,7 +266,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """The whole workflow (see the module docstring); returns the results."""
   variants = config_lib.validate_pretrained_lm(config)
   os.makedirs(workdir, exist_ok=True)
-  lock = workdir_lib.lock_workdir(workdir)
+  lock = workdir_lib.lock_workdir(workdir, 'pretrained-LM pruning')
   try:
     start = time.perf_counter()
     pre, mesh = _load(config)
@@ -306,9 +299,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                'wall_time_s': time.perf_counter() - start}
     report.write_results(workdir, results)
     table = markdown(results)
-    with open(os.path.join(workdir, RESULTS_MD + '.tmp'), 'w') as f:
-      f.write(table)
-    os.replace(os.path.join(workdir, RESULTS_MD + '.tmp'), os.path.join(workdir, RESULTS_MD))
+    report.write_text(os.path.join(workdir, RESULTS_MD), table)
     plot(results, os.path.join(workdir, PLOT))
     logs.say(table)
     return results

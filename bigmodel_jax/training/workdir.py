@@ -15,18 +15,28 @@ from bigmodel_jax import checkpoint
 from bigmodel_jax.errors import ConfigError
 from bigmodel_jax.train_state import TrainState
 
+LOCK_FILE = '.lock'  # One per workdir, whatever kind of run holds it.
 
-def lock_workdir(workdir: str, name: str = '.lock'):
-  """An exclusive lock on WORKDIR/NAME (released when the process ends, even by kill -9)."""
+
+def lock_workdir(workdir: str, kind: str = 'training'):
+  """An exclusive lock on WORKDIR/.lock for a run of `kind` (training, pruning sweep, pretrained
+  LM); released when the process ends, even by kill -9. Every kind takes the same lock, so a
+  second run of any kind on the same workdir stops with one sentence (ConfigError)."""
   if jax.process_index() != 0:
     return None
-  handle = open(os.path.join(workdir, name), 'w')
+  handle = open(os.path.join(workdir, LOCK_FILE), 'a+')  # Not 'w': the holder's line stays.
   try:
     fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
   except BlockingIOError:
+    handle.seek(0)
+    holder = handle.read().strip() or 'another run'
     handle.close()
-    raise ConfigError(f'Another run is using --workdir={workdir}: wait for it to finish, or use '
+    raise ConfigError(f'--workdir={workdir} is in use by {holder}: wait for it to finish, or use '
                       'a new workdir.') from None
+  handle.seek(0)
+  handle.truncate()
+  handle.write(f'a {kind} run (pid {os.getpid()})\n')
+  handle.flush()
   return handle
 
 
