@@ -98,8 +98,9 @@ def _prune(job: _Job, variant: LmVariant, directory: str):
   try:
     params = job.pre.params
     target = {'params': params, 'masks': pruning.ones_like(params)}
-    if ckpt.latest_step() is not None:
-      arrays, meta = ckpt.restore(ckpt.latest_step(), jax.tree.map(
+    latest = ckpt.latest_intact_step(discard_all=True)  # Damaged: pruned again (warning).
+    if latest is not None:
+      arrays, meta = ckpt.restore(latest, jax.tree.map(
           lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), target))
       return arrays['params'], arrays['masks'], meta
     c = job.config.calibration
@@ -140,10 +141,11 @@ def _recover(job: _Job, params, masks, directory: str) -> tuple[Any, dict]:
   ckpt = checkpoint.Checkpointer(directory, async_save=False, max_to_keep=1)
   try:
     first, losses = 0, []
-    if ckpt.latest_step() is not None:
-      state, meta = ckpt.restore(ckpt.latest_step(), jax.tree.map(
+    latest = ckpt.latest_intact_step(discard_all=True)  # None intact: fine-tuned again.
+    if latest is not None:
+      state, meta = ckpt.restore(latest, jax.tree.map(
           lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state))
-      first, losses = ckpt.latest_step(), meta['losses']
+      first, losses = latest, meta['losses']
     rng = np.random.default_rng(r.seed)
     starts = rng.integers(0, len(job.train_tokens) - length - 1, (r.steps, r.batch_size))
     p, opt_state = state['params'], state['opt_state']

@@ -10,9 +10,10 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+from absl import logging
 
 from bigmodel_jax import checkpoint
-from bigmodel_jax.errors import ConfigError
+from bigmodel_jax.errors import CheckpointDamagedError, ConfigError
 from bigmodel_jax.train_state import TrainState
 
 LOCK_FILE = '.lock'  # One per workdir, whatever kind of run holds it.
@@ -69,7 +70,7 @@ def saved_progress(run, ckpt: checkpoint.Checkpointer) -> tuple[int | None, dict
     CheckpointMismatchError: the checkpoint holds another model or optimizer.
     ConfigError: it was written with another epoch length (batch size or data limits).
   """
-  latest = ckpt.latest_step()
+  latest = ckpt.latest_intact_step()  # Damaged newer steps are set aside, with a warning.
   if latest is None:
     return None, fresh_meta()
   ckpt.check_compatible(latest, run.abstract_state.arrays())
@@ -102,5 +103,16 @@ def restore_or_init(run, ckpt: checkpoint.Checkpointer, latest: int | None,
     if initial_state is not None:
       state = run.par.place(initial_state(state))
     return state, fresh_meta()
-  state, meta = run.restore(ckpt, latest)
+  while True:
+    try:
+      state, meta = run.restore(ckpt, latest)
+      break
+    except CheckpointDamagedError:  # Arrays that do not read, in a step without checksums.
+      older = ckpt.latest_intact_step(below=latest)
+      if older is None:
+        raise
+      logging.warning('Checkpoint step %d in %s does not read; it is moved to %s and the run '
+                      'resumes from step %d.', latest, ckpt.directory, ckpt.set_aside([latest]),
+                      older)
+      latest = older
   return state, {**fresh_meta(), **meta}  # Checkpoints of earlier versions lack the newer keys.
