@@ -54,7 +54,7 @@ def read_json(path: str) -> Any | None:
     with open(path) as f:
       return json.load(f)
   except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-    logging.warning('Ignoring the unreadable %s (%s); it is computed again.', path, e)
+    logging.warning('Ignoring the unreadable %s (%s); it is computed again.', path, str(e))
     return None
 
 

@@ -268,8 +268,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """The whole workflow (see the module docstring); returns the results."""
   variants = config_lib.validate_pretrained_lm(config)
   os.makedirs(workdir, exist_ok=True)
-  lock = workdir_lib.lock_workdir(workdir, 'pretrained-LM pruning')
-  try:
+  with workdir_lib.locked(workdir, 'pretrained-LM pruning'):
     start = time.perf_counter()
     pre, mesh = _load(config)
     if pre.tokenizer is None:
@@ -305,6 +304,3 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     plot(results, os.path.join(workdir, PLOT))
     logs.say(table)
     return results
-  finally:
-    if lock is not None:
-      lock.close()

@@ -81,10 +81,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Runs the whole workflow of `config.prune` in `workdir` (resuming); returns results.json."""
   config_lib.validate(config, prune=True)
   variants = config_lib.variants(config)
-  p = config.prune
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
-  lock = training.lock_workdir(workdir, 'pruning sweep')  # noqa: F841  (held until the end)
+  with training.locked(workdir, 'pruning sweep'):
+    return _run(config, workdir, variants)
+
+
+def _run(config: ml_collections.ConfigDict, workdir: str,
+         variants: list[Variant]) -> dict[str, Any]:
+  p = config.prune
   console = metrics.Console()
   start = time.monotonic()
 

@@ -4,6 +4,7 @@ Restore order (one place): this workdir's newest checkpoint (checked first by `s
 > the phase's `initial_state` (e.g. pruned params and masks) > a fresh initialisation.
 """
 
+import contextlib
 import fcntl
 import os
 from collections.abc import Callable
@@ -39,6 +40,17 @@ def lock_workdir(workdir: str, kind: str = 'training'):
   handle.write(f'a {kind} run (pid {os.getpid()})\n')
   handle.flush()
   return handle
+
+
+@contextlib.contextmanager
+def locked(workdir: str, kind: str = 'training'):
+  """`lock_workdir` for the body of a `with` statement, released when it ends."""
+  handle = lock_workdir(workdir, kind)
+  try:
+    yield
+  finally:
+    if handle is not None:
+      handle.close()
 
 
 def zero_sums() -> dict[str, float]:
