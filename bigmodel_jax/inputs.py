@@ -86,7 +86,7 @@ def check_workdir(workdir: str | None) -> str:
   """Makes `workdir` if needed and checks it can be written; returns its absolute path."""
   if not workdir or not str(workdir).strip():
     raise ConfigError('--workdir is empty: give a folder for checkpoints, logs and results.')
-  path = os.path.abspath(os.path.expanduser(workdir))
+  path = os.path.abspath(workdir)  # As the runs take it (no ~ expansion).
   if os.path.exists(path) and not os.path.isdir(path):
     raise ConfigError(f'--workdir={workdir} is a file, not a folder: give a folder (it is made '
                       'if missing).')
@@ -174,8 +174,8 @@ def check_dense_dir(config: ml_collections.ConfigDict, workdir: str) -> None:
   dense = config.prune.dense_dir
   if not dense:
     return
-  path = os.path.abspath(os.path.expanduser(dense))
-  if path == os.path.abspath(os.path.expanduser(workdir)):
+  path = os.path.abspath(dense)
+  if path == os.path.abspath(workdir):
     raise ConfigError(f'config.prune.dense_dir={dense!r} is the sweep\'s own --workdir: the '
                       "sweep would overwrite that run's results; give another --workdir, or "
                       "leave prune.dense_dir '' to train the dense model in WORKDIR/dense.")

@@ -128,6 +128,8 @@ CONFIG_CASES = [  # (key, value, what the sentence says): values a config file o
     ('prune.enabled', 'yes', "config.prune.enabled='yes' is a str; it must be a bool"),
     ('prune.variants', ('magnitude/everything',), "has kind 'everything'"),
     ('prune.sparsities', (1.5,), 'sparsit'),
+    ('optimizer.warmup_steps', -5, 'config.optimizer.warmup_steps=-5 is invalid'),
+    ('model.name', 'vit', None),  # Fine with patch_size 7; 5 does not divide 28 (below).
     ('label_smoothing', 0.1, None),  # Fine on its own; with mse it conflicts (below).
 ]
 
@@ -151,6 +153,10 @@ def test_bad_values_are_one_sentence_before_compute(key, value, message, tiny_co
 
 
 def test_conflicting_keys_are_one_sentence(tiny_config, tmp_path, capsys):
+  tiny_config.model.name, tiny_config.model.patch_size = 'vit', 5
+  assert "config.model.patch_size=5 is invalid: it must be a divisor of the images' side 28" in \
+      _check(tiny_config, tmp_path / 'a', capsys)
+  tiny_config.model.name, tiny_config.model.patch_size = 'mlp', 7
   _set(tiny_config, 'loss', 'mse')
   _set(tiny_config, 'label_smoothing', 0.1)
   assert "needs config.loss='cross_entropy'" in _check(tiny_config, tmp_path / 'a', capsys)

@@ -23,6 +23,7 @@ from bigmodel_jax.data import idx, split_cache
 from bigmodel_jax.errors import DataError
 
 IMAGE_DATASETS = ('mnist', 'fashion_mnist')
+IMAGE_SHAPE = idx.IMAGE_SHAPE  # Every image dataset's (height, width).
 TEXT_DATASETS = ('tiny_shakespeare',)
 DATASETS = IMAGE_DATASETS + TEXT_DATASETS
 SOURCES = ('idx', 'tfds')
