@@ -14,7 +14,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from bigmodel_jax import cli, data, inputs
-from bigmodel_jax.data import idx, idx_builder, text
+from bigmodel_jax.data import idx, idx_builder, split_cache, text
 from configs import default
 from tests.conftest import REPO_ROOT, make_images
 
@@ -297,3 +297,19 @@ def test_launch_py_itself_says_one_sentence(extra, message, tiny_config, tmp_pat
   assert proc.stderr.strip().splitlines()[-1].startswith('error: ')
   assert message in proc.stderr
   assert not (tmp_path / 'run').exists()
+
+
+def test_a_damaged_prepared_dataset_is_one_sentence(tiny_config, tmp_path, capsys):
+  tiny_config.data.tfds_data_dir = str(tmp_path / 'tfds')
+  data.load_datasets(tiny_config.data)  # Prepared, and its splits cached.
+  capsys.readouterr()  # TFDS's progress bars.
+  folder = split_cache.prepared_dir(tiny_config.data.tfds_data_dir, tiny_config.data.name)
+  for name in os.listdir(folder):
+    if name.startswith(split_cache.PREFIX):
+      os.remove(os.path.join(folder, name))  # The cache goes: TFDS's files are read again.
+    elif 'array_record' in name:
+      with open(os.path.join(folder, name), 'r+b') as f:
+        f.truncate(100)
+  with pytest.raises(SystemExit) as excinfo:
+    cli.run(lambda c, w: data.load_datasets(c.data), tiny_config, str(tmp_path / 'run'))
+  assert 'delete that prepared dataset folder and run again' in _one_sentence(capsys, excinfo)

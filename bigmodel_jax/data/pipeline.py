@@ -108,7 +108,12 @@ def _idx_source(data_config: ml_collections.ConfigDict, split: str):
       raise DataError(f"Could not download {data_config.name}'s IDX files "
                       f'({type(e).__name__}; offline?): put the four files in a folder and set '
                       '--config.data.idx_dir=FOLDER.') from e
-  return builder.as_data_source(split)
+  try:
+    return builder.as_data_source(split)
+  except Exception as e:  # noqa: BLE001  (a damaged dataset_info.json or missing files)
+    raise DataError(f'The prepared {data_config.name} dataset in {builder.data_dir} does not '
+                    f'open ({type(e).__name__}): delete that folder and run again to rebuild '
+                    'it.') from e
 
 
 def _tfds_source(data_config: ml_collections.ConfigDict, split: str):
@@ -151,13 +156,19 @@ def _read_source(source, data_config: ml_collections.ConfigDict,
     raise DataError(f'{data_config.name} split {split!r} is empty at {_data_dir(data_config)}: '
                     'delete that prepared dataset folder and run again to rebuild it.')
   try:
-    records = source.__getitems__(list(range(n)))  # One batched read: ~20x faster than per item.
-  except TypeError:  # tfds.testing.mock_data's sources break __getitems__ (tfds 4.9.10).
-    records = [source[i] for i in range(n)]
-  images = np.stack([r['image'] for r in records])
+    try:
+      records = source.__getitems__(list(range(n)))  # One batched read: ~20x faster.
+    except TypeError:  # tfds.testing.mock_data's sources break __getitems__ (tfds 4.9.10).
+      records = [source[i] for i in range(n)]
+    images = np.stack([r['image'] for r in records])
+    labels = np.asarray([r['label'] for r in records], np.int32)
+  except Exception as e:  # noqa: BLE001  (array_record / TFDS decoding errors of many kinds)
+    raise DataError(f'The prepared {data_config.name} split {split!r} in '
+                    f'{_cache_dir(data_config)} does not read ({type(e).__name__}): it is '
+                    'damaged; delete that prepared dataset folder and run again to rebuild '
+                    'it.') from e
   if images.ndim == 3:
     images = images[..., None]
-  labels = np.asarray([r['label'] for r in records], np.int32)
   return images, labels
 
 
