@@ -40,6 +40,7 @@ class Checkpointer:
     self.directory = os.path.abspath(directory)
     self._async = async_save
     self._unrecorded: list[int] = []  # Steps saved here whose manifest is not written yet.
+    self._max_to_keep, self._keep_steps = max_to_keep, set(keep_steps)
     policy = ocp.checkpoint_managers.LatestN(max_to_keep)
     if keep_steps:
       policy = ocp.checkpoint_managers.AnyPreservationPolicy(
@@ -80,6 +81,9 @@ class Checkpointer:
       folder = self.step_dir(step)
       if jax.process_index() != 0 or not os.path.isdir(folder):
         continue
+      if in_flight is not None and self._max_to_keep == 1 and step not in self._keep_steps:
+        continue  # The in-flight save deletes it as it commits: no manifest into a folder
+        # that is being removed (killed before that commit, the step is checked by reading).
       try:
         checksums.record(folder)
       except FileNotFoundError:  # Deleted meanwhile by max_to_keep (a newer step committed).

@@ -86,6 +86,18 @@ def test_every_saved_step_gets_a_checksum_manifest(tmp_path, async_save):
   ckpt.close()
 
 
+@pytest.mark.parametrize('max_to_keep', [1, 2])
+def test_async_saves_that_delete_old_steps_keep_their_manifests_right(tmp_path, max_to_keep):
+  ckpt = checkpoint.Checkpointer(str(tmp_path / 'ck'), async_save=True, max_to_keep=max_to_keep)
+  for step in range(1, 6):
+    ckpt.save(step, _arrays(step), {'step': step})
+  ckpt.close()
+  kept = sorted(ckpt.all_steps())
+  assert kept == list(range(6 - max_to_keep, 6))
+  assert all(ckpt.problems(step) == [] for step in kept)
+  assert checksums.has_manifest(ckpt.step_dir(5))
+
+
 @pytest.mark.parametrize('name', list(DAMAGE))
 def test_a_damaged_newest_step_falls_back_with_a_warning(name, tmp_path, caplog):
   ckpt = _two_steps(tmp_path)
