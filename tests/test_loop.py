@@ -219,10 +219,18 @@ def test_every_kind_of_run_takes_the_same_workdir_lock(tiny_config, tmp_path):
   with pytest.raises(ConfigError, match='in use by a pruning sweep run'):
     training.train_and_evaluate(tiny_config, workdir)
   held.close()
-  held = training.lock_workdir(workdir)
+  # Later too: a workdir keeps the kind of run it holds (results.json is that run's).
+  with pytest.raises(ConfigError, match='holds a pruning sweep run; a training run needs a '
+                     'folder of its own'):
+    training.train_and_evaluate(tiny_config, workdir)
+  other = str(tmp_path / 'other')
+  os.makedirs(other)
+  held = training.lock_workdir(other)
   tiny_config.prune.enabled = True
   with pytest.raises(ConfigError, match='in use by a training run'):
-    compress.run(tiny_config, workdir)
+    compress.run(tiny_config, other)
   with pytest.raises(ConfigError, match='in use by a training run'):
-    compress.pretrained_lm.run(smollm2_prune.get_config(), workdir)  # Before the model loads.
+    compress.pretrained_lm.run(smollm2_prune.get_config(), other)  # Before the model loads.
   held.close()
+  with pytest.raises(ConfigError, match='holds a training run; a pruning sweep run needs'):
+    compress.run(tiny_config, other)

@@ -7,6 +7,7 @@ Restore order (one place): this workdir's newest checkpoint (checked first by `s
 import contextlib
 import fcntl
 import os
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -23,7 +24,8 @@ LOCK_FILE = '.lock'  # One per workdir, whatever kind of run holds it.
 def lock_workdir(workdir: str, kind: str = 'training'):
   """An exclusive lock on WORKDIR/.lock for a run of `kind` (training, pruning sweep, pretrained
   LM); released when the process ends, even by kill -9. Every kind takes the same lock, so a
-  second run of any kind on the same workdir stops with one sentence (ConfigError)."""
+  second run of any kind on the same workdir stops with one sentence (ConfigError); the file
+  keeps the kind, so a run of another kind is refused later too."""
   if jax.process_index() != 0:
     return None
   handle = open(os.path.join(workdir, LOCK_FILE), 'a+')  # Not 'w': the holder's line stays.
@@ -35,6 +37,12 @@ def lock_workdir(workdir: str, kind: str = 'training'):
     handle.close()
     raise ConfigError(f'--workdir={workdir} is in use by {holder}: wait for it to finish, or use '
                       'a new workdir.') from None
+  handle.seek(0)
+  before = re.match(r'a (.+) run \(pid', handle.read())
+  if before and before.group(1) != kind:  # One kind per workdir: results.json is each one's.
+    handle.close()
+    raise ConfigError(f'--workdir={workdir} holds a {before.group(1)} run; a {kind} run needs '
+                      'a folder of its own (its results.json would replace that one\'s).')
   handle.seek(0)
   handle.truncate()
   handle.write(f'a {kind} run (pid {os.getpid()})\n')
