@@ -72,11 +72,11 @@ def _flag_error(e: Exception, argv: list[str]) -> str:
     key = re.search(r'instead of "([^"]+)"', text) or re.search(r"'(\w+)'", text)
     key = key.group(1) if key else '?'
     overrides = [a.split('=', 1)[0] for a in argv if a.startswith('--config.')
-                 and f'.{key}' in a.split('=', 1)[0]]
-    where = overrides[0] if overrides else f'--config...{key}'
-    return (f'{where}: the config has no key {key!r}' + (f' (did you mean {hint.group(1)!r}?)'
-                                                          if hint else '')
-            + '; every key is listed in configs/default.py and docs/configs.md.')
+                 and f'.{key}.' in a.split('=', 1)[0] + '.']
+    if overrides:
+      return (f'{overrides[0]}: the config has no key {key!r}'
+              + (f' (did you mean {hint.group(1)!r}?)' if hint else '')
+              + '; every key is listed in configs/default.py and docs/configs.md.')
   if isinstance(e, SyntaxError):
     return f'--config={path} has a syntax error at line {e.lineno}: {e.msg}.'
   if isinstance(e, AttributeError) and 'get_config' in str(e):

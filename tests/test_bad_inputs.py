@@ -45,7 +45,8 @@ def config_files(tmp_path_factory):
   files = {'syntax.py': 'def get_config(:\n', 'noget.py': 'X = 1\n',
            'raises.py': 'raise RuntimeError("boom")\n',
            'imports.py': 'import a_module_nobody_has\n',
-           'notdict.py': 'def get_config():\n  return 5\n', 'notpy.txt': 'hello\n'}
+           'notdict.py': 'def get_config():\n  return 5\n', 'notpy.txt': 'hello\n',
+           'keyerror.py': 'def get_config():\n  return {}["x"]\n'}
   for name, body in files.items():
     (folder / name).write_text(body)
   (folder / 'adir.py').mkdir()
@@ -62,6 +63,7 @@ FLAG_CASES = [  # (argv after the program name, what the sentence says)
     (['--config={cfg}/imports.py', '--workdir=w'], "No module named 'a_module_nobody_has'"),
     (['--config={cfg}/notdict.py', '--workdir=w'], "get_config() returned 'int'"),
     (['--config={cfg}/notpy.txt', '--workdir=w'], '--config={cfg}/notpy.txt'),
+    (['--config={cfg}/keyerror.py', '--workdir=w'], "failed while loading: KeyError: 'x'"),
     ([f'--config={TINY}', '--workdir=w', '--config.optimzer.learning_rate=1'],
      "--config.optimzer.learning_rate: the config has no key 'optimzer' (did you mean "
      "'optimizer'?)"),
