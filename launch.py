@@ -2,6 +2,8 @@
 
 Kept short on purpose: it parses flags and hands the config to the library. Override any config
 value from the command line, e.g. `--config.optimizer.learning_rate=3e-4 --config.num_epochs=2`.
+Whatever is wrong with the input (a config file, a key, a value, a path, a damaged checkpoint)
+stops before any compute with one sentence and exit status 2 (`bigmodel_jax.cli`).
 
 The terminal shows the project's own lines, warnings and errors; `--verbosity=0` brings back the
 INFO logs of JAX, Orbax and TFDS (`--verbosity=1` their DEBUG logs). Compiled programs are kept in
@@ -16,7 +18,8 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from bigmodel_jax import compress, errors, logs, parallel, training
+from bigmodel_jax import cli, compress, inputs, logs, parallel, training
+from configs import default
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Folder for checkpoints, logs and results; re-use to resume.')
@@ -28,22 +31,24 @@ logs.quiet_by_default()
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+    cli.fail(f'unexpected arguments {" ".join(argv[1:])!r}: give every setting as a flag, e.g. '
+             '--config.num_epochs=2.')
+  config = FLAGS.config
+  pretrained_lm = config.get('job') == 'prune_pretrained'
+  cli.run(lambda c, w: inputs.check_run(c, w, None if pretrained_lm else default.get_config()),
+          config, FLAGS.workdir)  # Before any compute: keys, types, values, paths.
   logs.use_compilation_cache()
-  try:
-    parallel.initialize_distributed(FLAGS.config.parallelism)  # Before any other JAX call.
-    if FLAGS.config.get('job') == 'prune_pretrained':
-      compress.pretrained_lm.run(FLAGS.config, FLAGS.workdir)
-    elif FLAGS.config.prune.enabled:
-      compress.run(FLAGS.config, FLAGS.workdir)
-    else:
-      training.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (errors.ConfigError, errors.DataError, errors.CheckpointMismatchError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
-  except errors.NonFiniteLossError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(3)
+  if pretrained_lm:
+    job = compress.pretrained_lm.run
+  elif config.prune.enabled:
+    job = compress.run
+  else:
+    job = training.train_and_evaluate
+
+  def start(config, workdir):
+    parallel.initialize_distributed(config.parallelism)  # Before any other JAX call.
+    job(config, workdir)
+  cli.run(start, config, FLAGS.workdir)
   _exit_now()
 
 
@@ -58,4 +63,4 @@ def _exit_now():
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=logs.parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -46,6 +46,8 @@ def validate(config: ml_collections.ConfigDict, *, prune: bool | None = None) ->
 
 
 def _validate_training(config: ml_collections.ConfigDict) -> None:
+  _check('seed', config.seed, isinstance(config.seed, int) and 0 <= config.seed < 2**32,
+         'an integer in [0, 2**32)')
   d = config.data
   _one_of('data.name', d.name, data.DATASETS)
   _one_of('data.source', d.source, data.SOURCES)
@@ -71,6 +73,10 @@ def _validate_training(config: ml_collections.ConfigDict) -> None:
       _positive_int(f'model.{key}', m[key])
     _check('model.embed_dim', m.embed_dim, m.embed_dim % m.num_heads == 0,
            f'divisible by model.num_heads={m.num_heads}')
+  if m.name == 'vit':
+    side = data.IMAGE_SHAPE[0]
+    _check('model.patch_size', m.patch_size, side % m.patch_size == 0,
+           f'a divisor of the images\' side {side} (e.g. 4, 7 or 14)')
   if m.name == 'gpt':
     _one_of('model.position', m.position, ('learned', 'rope'))
     _positive_int('data.seq_len', d.seq_len)
@@ -88,6 +94,8 @@ def _validate_training(config: ml_collections.ConfigDict) -> None:
   _one_of('optimizer.schedule', o.schedule, optim.SCHEDULES)
   _check('optimizer.learning_rate', o.learning_rate, o.learning_rate > 0, '> 0')
   _non_negative('optimizer.warmup_epochs', o.warmup_epochs)
+  _check('optimizer.warmup_steps', o.warmup_steps,
+         isinstance(o.warmup_steps, int) and o.warmup_steps >= 0, 'an integer >= 0')
   _non_negative('optimizer.end_learning_rate_factor', o.end_learning_rate_factor)
   _check('optimizer.decay_every_epochs', o.decay_every_epochs, o.decay_every_epochs > 0, '> 0')
   _check('optimizer.decay_factor', o.decay_factor, 0 < o.decay_factor <= 1, 'in (0, 1]')

@@ -13,5 +13,9 @@ class CheckpointMismatchError(RuntimeError):
   """A workdir holds a checkpoint that does not fit the configured model or optimizer."""
 
 
+class CheckpointDamagedError(RuntimeError):
+  """No checkpoint of a folder is intact (checksums or reading failed); the message names them."""
+
+
 class NonFiniteLossError(FloatingPointError):
   """Training produced a NaN or infinite loss."""

@@ -38,11 +38,16 @@ def parse_flags(argv: list[str]) -> list[str]:
   """`app.run`'s flags parser: absl's, then WARNING for a `--verbosity` not given."""
   from absl import app  # Late: absl.app defines flags of its own when imported.
   rest = app.parse_flags_with_usage(argv)
+  apply_verbosity()
+  return rest
+
+
+def apply_verbosity() -> None:
+  """After the flags are parsed: WARNING for a `--verbosity` not given (see `parse_flags`)."""
   if flags.FLAGS['verbosity'].using_default_value:
     flags.FLAGS.verbosity = absl_logging.WARNING  # Marks it set, so absl leaves it alone.
   elif flags.FLAGS.verbosity >= absl_logging.INFO and _quieted_cpp:
     os.environ['TF_CPP_MIN_LOG_LEVEL'] = '0'  # Asked for INFO: the C++ parts' too.
-  return rest
 
 
 def use_compilation_cache() -> None:

@@ -22,22 +22,45 @@ def write_results(workdir: str, results: dict[str, Any]) -> str:
   return write_json(path, results)
 
 
-def write_json(path: str, value: Any) -> str:
-  """Writes `value` as JSON to a temporary name, then renames it (never a torn file)."""
-  tmp = path + '.tmp'
+def write_text(path: str, text: str) -> str:
+  """Writes `text` to a temporary name, then renames it: readers (and a re-run after a crash)
+  see the old file or the whole new one, never a torn one."""
+  tmp = f'{path}.tmp{os.getpid()}'
   with open(tmp, 'w') as f:
-    json.dump(value, f, indent=2, sort_keys=True)
-    f.write('\n')
+    f.write(text)
   os.replace(tmp, path)
   return path
 
 
-def read_results(workdir: str) -> dict[str, Any] | None:
-  path = os.path.join(workdir, RESULTS_FILE)
+def write_json(path: str, value: Any) -> str:
+  """Writes `value` as JSON atomically (`write_text`)."""
+  return write_text(path, json.dumps(value, indent=2, sort_keys=True) + '\n')
+
+
+def save_figure(fig, path: str, **kwargs) -> str:
+  """`fig.savefig(path)` atomically: to a temporary name, then renamed."""
+  tmp = f'{path}.tmp{os.getpid()}'
+  fig.savefig(tmp, format=os.path.splitext(path)[1][1:] or 'png', **kwargs)
+  os.replace(tmp, path)
+  return path
+
+
+def read_json(path: str) -> Any | None:
+  """The JSON in `path`, or None when it is missing or unreadable (torn by an older version or
+  damaged: the caller recomputes it)."""
   if not os.path.exists(path):
     return None
-  with open(path) as f:
-    return json.load(f)
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    logging.warning('Ignoring the unreadable %s (%s); it is computed again.', path, str(e))
+    return None
+
+
+def read_results(workdir: str) -> dict[str, Any] | None:
+  """WORKDIR/results.json, or None (missing or unreadable)."""
+  return read_json(os.path.join(workdir, RESULTS_FILE))
 
 
 def plot_curves(workdir: str, history: list[dict[str, Any]], title: str,
@@ -69,7 +92,7 @@ def plot_curves(workdir: str, history: list[dict[str, Any]], title: str,
   fig.suptitle(title)
   fig.tight_layout()
   path = os.path.join(workdir, CURVES_FILE)
-  fig.savefig(path, dpi=100)
+  save_figure(fig, path, dpi=100)
   plt.close(fig)
   logging.info('Wrote %s', path)
   return path

@@ -1,7 +1,9 @@
 """The launchable dense -> prune -> retrain workflow on the tiny config and generated data."""
 
 import json
+import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -11,7 +13,7 @@ import numpy as np
 import pytest
 
 from bigmodel_jax import checkpoint, compress
-from bigmodel_jax.errors import ConfigError
+from bigmodel_jax.errors import CheckpointDamagedError, ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -45,7 +47,20 @@ def prune_config(idx_dir, tfds_dir):
   return _prune_config(idx_dir, tfds_dir)
 
 
-def test_sweep_end_to_end(prune_config, tmp_path):
+def _largest_file(folder):
+  files = [os.path.join(root, n) for root, _, names in os.walk(folder) for n in names]
+  return max(files, key=os.path.getsize)
+
+
+def _flip_middle_byte(path):
+  with open(path, 'r+b') as f:
+    f.seek(os.path.getsize(path) // 2)
+    byte = f.read(1)
+    f.seek(-1, os.SEEK_CUR)
+    f.write(bytes([byte[0] ^ 0x10]))
+
+
+def test_sweep_end_to_end(prune_config, tmp_path, caplog):
   prune_config.prune.sparsities = (0.75,)
   prune_config.prune.variants = ('magnitude/global', 'magnitude/neuron')
   workdir = str(tmp_path / 'prune')
@@ -73,9 +88,24 @@ def test_sweep_end_to_end(prune_config, tmp_path):
   assert 1 - np.mean(np.concatenate([np.asarray(saved['masks'][n]['kernel']).ravel()
                                      for n in ('Dense_0', 'Dense_1', 'Dense_2')])) \
       == pytest.approx(glob['sparsity'])
-  # A second run finds every phase done and reproduces the table.
+  # A second run finds every phase done and reproduces the table; a torn row.json (as an older
+  # version's in-place write could leave) is computed again from the phases' checkpoints.
+  row_path = os.path.join(workdir, glob['dir'], 'row.json')
+  with open(row_path) as f:
+    text = f.read()
+  with open(row_path, 'w') as f:
+    f.write(text[:len(text) // 2])
   again = compress.run(prune_config, workdir)
+  assert not [n for n in os.listdir(workdir) if '.tmp' in n]
   assert [r['test_accuracy'] for r in again['rows']] == \
+      [r['test_accuracy'] for r in results['rows']]
+  # A damaged pruned checkpoint (flipped bits in its params) is set aside and pruned again.
+  _flip_middle_byte(_largest_file(os.path.join(workdir, glob['dir'], 'pruned', '0', 'state')))
+  os.remove(row_path)
+  with caplog.at_level(logging.WARNING):
+    repaired = compress.run(prune_config, workdir)
+  assert 'pruned/0' not in caplog.text and 'none is intact: computing it again' in caplog.text
+  assert [r['test_accuracy'] for r in repaired['rows']] == \
       [r['test_accuracy'] for r in results['rows']]
   # A changed config is not served from the cache: retraining resumes from its last checkpoint
   # (params, optimizer state and masks restored) and trains the extra epoch.
@@ -203,6 +233,19 @@ def test_retrain_without_dense_checkpoint_is_refused(prune_config, tmp_path):
   prune_config.prune.dense_dir = str(dense)
   with pytest.raises(ConfigError, match='No dense checkpoint'):
     compress.run(prune_config, str(tmp_path / 'prune'))
+
+
+def test_a_damaged_dense_dir_is_refused_in_one_sentence(prune_config, dense_dir, tmp_path):
+  copy = str(tmp_path / 'dense_copy')
+  shutil.copytree(dense_dir, copy)
+  ckpt_dir = os.path.join(copy, 'checkpoints')
+  last = max(int(n) for n in os.listdir(ckpt_dir) if n.isdigit())
+  _flip_middle_byte(_largest_file(os.path.join(ckpt_dir, str(last), 'state')))
+  prune_config.prune.dense_dir = copy
+  with pytest.raises(CheckpointDamagedError, match=f'The checkpoint step {last} in .* is damaged '
+                     r'\(state/.* \(its bytes changed\)\): re-run the command that wrote it'):
+    compress.run(prune_config, str(tmp_path / 'prune'))
+  assert str(last) in os.listdir(ckpt_dir)  # Another run's folder: only read, never moved.
 
 
 def _retrained_arrays(workdir, label='magnitude-global_s0.9'):

@@ -4,6 +4,7 @@ import os
 
 import pytest
 
+from bigmodel_jax import inputs
 from bigmodel_jax.config import validate
 from bigmodel_jax.errors import ConfigError
 from configs import default
@@ -18,6 +19,8 @@ def test_every_config_file_is_valid(path):
   module = importlib.import_module(f'configs.{os.path.basename(path)[:-3]}')
   config = module.get_config()
   validate(config)
+  if config.get('job') != 'prune_pretrained':  # Keys and types as in configs/default.py.
+    inputs.check_keys_and_types(config, default.get_config())
   assert module.__doc__ and 'launch.py' in module.__doc__  # Each config says how to run it.
 
 

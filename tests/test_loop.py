@@ -203,8 +203,34 @@ def test_two_runs_cannot_share_a_workdir(tiny_config, tmp_path):
   workdir = tmp_path / 'run'
   workdir.mkdir()
   held = training.lock_workdir(str(workdir))
-  with pytest.raises(ConfigError, match='Another run is using'):
+  with pytest.raises(ConfigError, match=r'is in use by a training run \(pid \d+\)'):
     training.train_and_evaluate(tiny_config, str(workdir))
   held.close()
   tiny_config.num_train_steps = 2
   assert training.train_and_evaluate(tiny_config, str(workdir))['steps'] == 2
+
+
+def test_every_kind_of_run_takes_the_same_workdir_lock(tiny_config, tmp_path):
+  from bigmodel_jax import compress
+  from configs import smollm2_prune
+  workdir = str(tmp_path / 'run')
+  os.makedirs(workdir)
+  held = training.lock_workdir(workdir, 'pruning sweep')
+  with pytest.raises(ConfigError, match='in use by a pruning sweep run'):
+    training.train_and_evaluate(tiny_config, workdir)
+  held.close()
+  # Later too: a workdir keeps the kind of run it holds (results.json is that run's).
+  with pytest.raises(ConfigError, match='holds a pruning sweep run; a training run needs a '
+                     'folder of its own'):
+    training.train_and_evaluate(tiny_config, workdir)
+  other = str(tmp_path / 'other')
+  os.makedirs(other)
+  held = training.lock_workdir(other)
+  tiny_config.prune.enabled = True
+  with pytest.raises(ConfigError, match='in use by a training run'):
+    compress.run(tiny_config, other)
+  with pytest.raises(ConfigError, match='in use by a training run'):
+    compress.pretrained_lm.run(smollm2_prune.get_config(), other)  # Before the model loads.
+  held.close()
+  with pytest.raises(ConfigError, match='holds a training run; a pruning sweep run needs'):
+    compress.run(tiny_config, other)

@@ -1,6 +1,7 @@
 """The pretrained-LM compression workflow end to end on a tiny Llama folder (no network)."""
 
 import json
+import logging
 import os
 
 import numpy as np
@@ -56,7 +57,20 @@ def _config(folders, tmp_path):
   return config
 
 
-def test_workflow_runs_resumes_and_exports(folders, tmp_path):
+def _largest_file(folder):
+  files = [os.path.join(root, n) for root, _, names in os.walk(folder) for n in names]
+  return max(files, key=os.path.getsize)
+
+
+def _flip_middle_byte(path):
+  with open(path, 'r+b') as f:
+    f.seek(os.path.getsize(path) // 2)
+    byte = f.read(1)
+    f.seek(-1, os.SEEK_CUR)
+    f.write(bytes([byte[0] ^ 0x10]))
+
+
+def test_workflow_runs_resumes_and_exports(folders, tmp_path, caplog):
   config = _config(folders, tmp_path)
   workdir = str(tmp_path / 'run')
   results = pretrained_lm.run(config, workdir)
@@ -81,6 +95,18 @@ def test_workflow_runs_resumes_and_exports(folders, tmp_path):
   os.remove(os.path.join(workdir, 'magnitude_0.5', 'row.json'))
   again = pretrained_lm.run(config, workdir)
   assert again['rows'] == results['rows']
+  # Damaged phase checkpoints (flipped bits in the pruned and the recovered arrays) are set
+  # aside with a warning and computed again: the same row (but for the pruning time).
+  for phase in ('pruned', 'recovered'):
+    folder = os.path.join(workdir, 'magnitude_0.5', phase)
+    step = max(int(n) for n in os.listdir(folder) if n.isdigit())
+    _flip_middle_byte(_largest_file(os.path.join(folder, str(step), 'state')))
+  os.remove(os.path.join(workdir, 'magnitude_0.5', 'row.json'))
+  with caplog.at_level(logging.WARNING):
+    repaired = pretrained_lm.run(config, workdir)
+  assert caplog.text.count('none is intact: computing it again') == 2
+  drop = lambda row: {k: v for k, v in row.items() if k != 'prune_seconds'}
+  assert [drop(r) for r in repaired['rows']] == [drop(r) for r in results['rows']]
   assert json.load(open(os.path.join(workdir, 'dense.json')))['perplexity'] == \
       results['dense']['perplexity']
 

@@ -8,7 +8,7 @@ import ml_collections
 import numpy as np
 
 from bigmodel_jax import checkpoint, metrics, training
-from bigmodel_jax.errors import ConfigError
+from bigmodel_jax.errors import CheckpointDamagedError, ConfigError
 from bigmodel_jax.train_state import TrainState
 
 
@@ -60,6 +60,12 @@ class Context:
             f'No dense checkpoint{"" if step is None else f" at step {step}"} in {run_dir}: '
             'run the dense phase first (leave prune.dense_dir empty to train it here), or point '
             'prune.dense_dir at a finished run of the same model.')
+      bad = ckpt.problems(step)
+      if bad:
+        raise CheckpointDamagedError(
+            f'The checkpoint step {step} in {run_dir} is damaged ({", ".join(bad[:4])}): re-run '
+            'the command that wrote it to repair it (it resumes from its newest intact step), '
+            'or point prune.dense_dir at another finished run.')
       state, _ = run.restore(ckpt, step)
     finally:
       ckpt.close()

@@ -23,8 +23,9 @@ def prune(ctx: Context, directory: str, variant: Variant, sparsity: float, param
   ckpt = checkpoint.Checkpointer(directory, async_save=False)
   try:
     target = {'params': params, 'masks': pruning.ones_like(params)}
-    if ckpt.latest_step() is not None:
-      arrays, meta = ckpt.restore(ckpt.latest_step(), ctx.par.abstract(target))
+    latest = ckpt.latest_intact_step(discard_all=True)  # Damaged: pruned again (warning).
+    if latest is not None:
+      arrays, meta = ckpt.restore(latest, ctx.par.abstract(target))
       return arrays['params'], arrays['masks'], select.keep_from_meta(variant, meta), meta
     start = time.perf_counter()
     masks, keep, params = select.select(ctx, variant, sparsity, params, prunable,

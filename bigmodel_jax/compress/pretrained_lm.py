@@ -90,14 +90,8 @@ def _tokens(config, tokenizer) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _read_row(path: str, fingerprint: str) -> dict | None:
-  if not os.path.exists(path):
-    return None
-  try:
-    with open(path) as f:
-      row = json.load(f)
-  except json.JSONDecodeError:
-    return None  # A torn file from an older version: recompute.
-  return row if row.get('fingerprint') == fingerprint else None
+  row = report.read_json(path)  # None when missing or torn: recomputed.
+  return row if isinstance(row, dict) and row.get('fingerprint') == fingerprint else None
 
 
 def _prune(job: _Job, variant: LmVariant, directory: str):
@@ -106,8 +100,9 @@ def _prune(job: _Job, variant: LmVariant, directory: str):
   try:
     params = job.pre.params
     target = {'params': params, 'masks': pruning.ones_like(params)}
-    if ckpt.latest_step() is not None:
-      arrays, meta = ckpt.restore(ckpt.latest_step(), jax.tree.map(
+    latest = ckpt.latest_intact_step(discard_all=True)  # Damaged: pruned again (warning).
+    if latest is not None:
+      arrays, meta = ckpt.restore(latest, jax.tree.map(
           lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), target))
       return arrays['params'], arrays['masks'], meta
     c = job.config.calibration
@@ -147,10 +142,11 @@ def _recover(job: _Job, model, params, masks, directory: str) -> tuple[Any, dict
   ckpt = checkpoint.Checkpointer(directory, async_save=False, max_to_keep=1)
   try:
     first, losses = 0, []
-    if ckpt.latest_step() is not None:
-      state, meta = ckpt.restore(ckpt.latest_step(), jax.tree.map(
+    latest = ckpt.latest_intact_step(discard_all=True)  # None intact: fine-tuned again.
+    if latest is not None:
+      state, meta = ckpt.restore(latest, jax.tree.map(
           lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state))
-      first, losses = ckpt.latest_step(), meta['losses']
+      first, losses = latest, meta['losses']
     rng = np.random.default_rng(r.seed)
     starts = rng.integers(0, len(job.train_tokens) - length - 1, (r.steps, r.batch_size))
     p, opt_state = state['params'], state['opt_state']
@@ -249,9 +245,8 @@ def plot(results: dict[str, Any], path: str) -> None:
   ax.set_title(results['model'])
   ax.legend()
   fig.tight_layout()
-  fig.savefig(path + '.tmp.png', dpi=120)
+  report.save_figure(fig, path, dpi=120)
   plt.close(fig)
-  os.replace(path + '.tmp.png', path)
 
 
 def _load(config) -> tuple[pretrained.Pretrained, Any]:
@@ -286,8 +281,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """The whole workflow (see the module docstring); returns the results."""
   variants = config_lib.validate_pretrained_lm(config)
   os.makedirs(workdir, exist_ok=True)
-  lock = workdir_lib.lock_workdir(workdir)
-  try:
+  with workdir_lib.locked(workdir, 'pretrained-LM pruning'):
     start = time.perf_counter()
     pre, mesh = _load(config)
     if pre.tokenizer is None:
@@ -319,12 +313,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                'wall_time_s': time.perf_counter() - start}
     report.write_results(workdir, results)
     table = markdown(results)
-    with open(os.path.join(workdir, RESULTS_MD + '.tmp'), 'w') as f:
-      f.write(table)
-    os.replace(os.path.join(workdir, RESULTS_MD + '.tmp'), os.path.join(workdir, RESULTS_MD))
+    report.write_text(os.path.join(workdir, RESULTS_MD), table)
     plot(results, os.path.join(workdir, PLOT))
     logs.say(table)
     return results
-  finally:
-    if lock is not None:
-      lock.close()

@@ -4,6 +4,8 @@ from typing import Any
 
 import numpy as np
 
+from bigmodel_jax import report
+
 
 def _fmt(value) -> str:
   return '' if value is None else f'{value:.4f}'
@@ -61,7 +63,7 @@ def plot_sweep(results: dict[str, Any], path: str) -> None:
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  report.save_figure(fig, path, dpi=120)
   plt.close(fig)
 
 
@@ -84,5 +86,5 @@ def _plot_losses(results: dict[str, Any], path: str, plt) -> None:
   ax.grid(alpha=0.3, axis='y')
   ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  report.save_figure(fig, path, dpi=120)
   plt.close(fig)

@@ -36,11 +36,9 @@ def run_variant(ctx: Context, dense_dir: str, dense_state, variant: Variant, spa
   run_dir = os.path.join(ctx.workdir, label)
   row_path = os.path.join(run_dir, 'row.json')
   fingerprint = _fingerprint(ctx.config)
-  if os.path.exists(row_path):  # Finished earlier with this config: phases, export, timings.
-    with open(row_path) as f:
-      cached = json.load(f)
-    if cached.get('config_fingerprint') == fingerprint:
-      return cached
+  cached = report.read_json(row_path)  # Finished earlier: phases, export, timings.
+  if isinstance(cached, dict) and cached.get('config_fingerprint') == fingerprint:
+    return cached
   row = {'config_fingerprint': fingerprint, 'variant': variant.name, 'schedule': p.schedule,
          'target_sparsity': sparsity, 'dir': label}
   driver = sparse_training.DRIVERS.get(p.training, schedules.DRIVERS[p.schedule])
@@ -58,8 +56,7 @@ def run_variant(ctx: Context, dense_dir: str, dense_state, variant: Variant, spa
   if variant.kind in ('neuron', 'heads') and p.measure_latency:
     row['structured'] = checks.latency(ctx, variant, dense_state.params, keep, params)
   if jax.process_index() == 0:
-    with open(row_path, 'w') as f:
-      json.dump(row, f, indent=1)
+    report.write_json(row_path, row)
   return row
 
 
@@ -85,10 +82,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Runs the whole workflow of `config.prune` in `workdir` (resuming); returns results.json."""
   config_lib.validate(config, prune=True)
   variants = config_lib.variants(config)
-  p = config.prune
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
-  lock = training.lock_workdir(workdir, '.prune-lock')  # noqa: F841  (held until the end)
+  with training.locked(workdir, 'pruning sweep'):
+    return _run(config, workdir, variants)
+
+
+def _run(config: ml_collections.ConfigDict, workdir: str,
+         variants: list[Variant]) -> dict[str, Any]:
+  p = config.prune
   console = metrics.Console()
   start = time.monotonic()
 
@@ -125,10 +127,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       'parallelism': ctx.par.describe(),
   }
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'results.json'), 'w') as f:
-      json.dump(results, f, indent=1)
-    with open(os.path.join(workdir, 'results.md'), 'w') as f:
-      f.write(sweep_report.markdown_table(results))
+    report.write_json(os.path.join(workdir, 'results.json'), results)
+    report.write_text(os.path.join(workdir, 'results.md'), sweep_report.markdown_table(results))
     if config.write_plot:
       sweep_report.plot_sweep(results, os.path.join(workdir, 'sparsity_sweep.png'))
   console.line(sweep_report.markdown_table(results))

@@ -3,6 +3,7 @@
 from bigmodel_jax.data.pipeline import (
     DATASETS,
     IMAGE_DATASETS,
+    IMAGE_SHAPE,
     SOURCES,
     TEXT_DATASETS,
     Datasets,
@@ -15,6 +16,6 @@ from bigmodel_jax.data.pipeline import (
     train_chunks,
 )
 
-__all__ = ['DATASETS', 'IMAGE_DATASETS', 'SOURCES', 'TEXT_DATASETS', 'Datasets', 'Split',
-           'epoch_permutation', 'eval_batches', 'load_datasets', 'preprocess', 'read_split',
-           'train_chunks']
+__all__ = ['DATASETS', 'IMAGE_DATASETS', 'IMAGE_SHAPE', 'SOURCES', 'TEXT_DATASETS', 'Datasets',
+           'Split', 'epoch_permutation', 'eval_batches', 'load_datasets', 'preprocess',
+           'read_split', 'train_chunks']

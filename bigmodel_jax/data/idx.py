@@ -2,6 +2,7 @@
 
 import gzip
 import os
+import zlib
 
 import numpy as np
 
@@ -37,8 +38,12 @@ def find_file(folder: str, prefix: str, kind: str) -> str:
 
 def read_idx(path: str, magic: int) -> np.ndarray:
   """Reads an IDX file of unsigned bytes into an array of its declared shape."""
-  with _open(path) as f:
-    data = f.read()
+  try:
+    with _open(path) as f:
+      data = f.read()
+  except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError.
+    raise DataError(f'{path} cannot be read ({type(e).__name__}: {e}): it is truncated or '
+                    'damaged; replace it with an intact copy.') from None
   ndim = magic & 0xFF
   header = 4 + 4 * ndim
   if len(data) < header or int.from_bytes(data[:4], 'big') != magic:

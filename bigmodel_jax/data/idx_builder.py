@@ -11,7 +11,7 @@ checksums TFDS registers (checksums.tsv beside this file).
 import numpy as np
 import tensorflow_datasets as tfds
 
-from bigmodel_jax.data import idx
+from bigmodel_jax.data import idx, text
 
 _URLS = {
     'mnist': 'https://storage.googleapis.com/cvdf-datasets/mnist/',
@@ -19,6 +19,12 @@ _URLS = {
 }
 IMAGE_SHAPE = idx.IMAGE_SHAPE
 NUM_CLASSES = idx.NUM_CLASSES
+
+
+def url(name: str, split: str, kind: str) -> str:
+  """Where TFDS downloads `split`'s 'images' or 'labels' file of dataset `name`."""
+  prefix = idx.SPLIT_PREFIXES[split]
+  return f'{_URLS[name]}{prefix}-{kind}-idx{3 if kind == "images" else 1}-ubyte.gz'
 
 
 class IdxImages(tfds.core.GeneratorBasedBuilder):
@@ -43,14 +49,15 @@ class IdxImages(tfds.core.GeneratorBasedBuilder):
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    if dl_manager.manual_dir is not None and dl_manager.manual_dir.exists():
-      paths = {split: idx.split_paths(str(dl_manager.manual_dir), split)
+    manual = text.manual_dir(dl_manager)
+    if manual is not None:
+      paths = {split: idx.split_paths(str(manual), split)
                for split in idx.SPLIT_PREFIXES}
     else:
-      base = _URLS[self.builder_config.name]
-      files = {f'{prefix}-{kind}': f'{prefix}-{kind}-idx{3 if kind == "images" else 1}-ubyte.gz'
-               for prefix in idx.SPLIT_PREFIXES.values() for kind in ('images', 'labels')}
-      got = dl_manager.download({key: base + name for key, name in files.items()})
+      name = self.builder_config.name
+      got = dl_manager.download({f'{prefix}-{kind}': url(name, split, kind)
+                                 for split, prefix in idx.SPLIT_PREFIXES.items()
+                                 for kind in ('images', 'labels')})
       paths = {split: (str(got[f'{prefix}-images']), str(got[f'{prefix}-labels']))
                for split, prefix in idx.SPLIT_PREFIXES.items()}
     return {split: self._generate_examples(*pair) for split, pair in paths.items()}

@@ -23,6 +23,7 @@ from bigmodel_jax.data import idx, split_cache
 from bigmodel_jax.errors import DataError
 
 IMAGE_DATASETS = ('mnist', 'fashion_mnist')
+IMAGE_SHAPE = idx.IMAGE_SHAPE  # Every image dataset's (height, width).
 TEXT_DATASETS = ('tiny_shakespeare',)
 DATASETS = IMAGE_DATASETS + TEXT_DATASETS
 SOURCES = ('idx', 'tfds')
@@ -71,7 +72,7 @@ def _data_dir(data_config: ml_collections.ConfigDict) -> str | None:
 def _idx_source(data_config: ml_collections.ConfigDict, split: str):
   import tensorflow_datasets as tfds  # Late, as everywhere here: ~0.3 s to import.
 
-  from bigmodel_jax.data import idx_builder
+  from bigmodel_jax.data import idx_builder, text
   builder = idx_builder.IdxImages(config=data_config.name, data_dir=_data_dir(data_config))
   if not builder.is_prepared():
     if data_config.idx_dir:
@@ -80,6 +81,8 @@ def _idx_source(data_config: ml_collections.ConfigDict, split: str):
             f'config.data.idx_dir={data_config.idx_dir!r} is not a folder: point it at the four '
             f'{data_config.name} IDX files (for Fashion-MNIST on Debian/Ubuntu: apt-get install '
             "dataset-fashion-mnist), or set it to '' to download them.")
+      for name in idx.SPLIT_PREFIXES:  # All four there (TFDS would try to download instead).
+        idx.split_paths(data_config.idx_dir, name)
       logs.say(f'Preparing {data_config.name} from {data_config.idx_dir} into '
                f'{builder.data_dir} (once)')
       download_config = tfds.download.DownloadConfig(manual_dir=data_config.idx_dir)
@@ -87,9 +90,30 @@ def _idx_source(data_config: ml_collections.ConfigDict, split: str):
       logs.say(f"Downloading {data_config.name}'s IDX files (config.data.idx_dir is ''); "
                'offline? point config.data.idx_dir at a folder holding them.')
       download_config = tfds.download.DownloadConfig()
-    with logs.without_prints():
-      builder.download_and_prepare(download_config=download_config, file_format='array_record')
-  return builder.as_data_source(split)
+      url = idx_builder.url(data_config.name, 'train', 'labels')
+      why = text.reachable(url)
+      if why is not None:
+        raise DataError(f"Could not download {data_config.name}'s IDX files from {url} ({why}; "
+                        'offline?): put the four files in a folder and set '
+                        '--config.data.idx_dir=FOLDER.')
+    try:
+      with logs.without_prints():
+        builder.download_and_prepare(download_config=download_config, file_format='array_record')
+    except DataError:
+      raise
+    except Exception as e:  # noqa: BLE001  (TFDS's download errors have many types)
+      if data_config.idx_dir:
+        raise DataError(f'Preparing {data_config.name} from {data_config.idx_dir} failed '
+                        f'({type(e).__name__}: {" ".join(str(e).split())[:300]}).') from e
+      raise DataError(f"Could not download {data_config.name}'s IDX files "
+                      f'({type(e).__name__}; offline?): put the four files in a folder and set '
+                      '--config.data.idx_dir=FOLDER.') from e
+  try:
+    return builder.as_data_source(split)
+  except Exception as e:  # noqa: BLE001  (a damaged dataset_info.json or missing files)
+    raise DataError(f'The prepared {data_config.name} dataset in {builder.data_dir} does not '
+                    f'open ({type(e).__name__}): delete that folder and run again to rebuild '
+                    'it.') from e
 
 
 def _tfds_source(data_config: ml_collections.ConfigDict, split: str):
@@ -132,13 +156,19 @@ def _read_source(source, data_config: ml_collections.ConfigDict,
     raise DataError(f'{data_config.name} split {split!r} is empty at {_data_dir(data_config)}: '
                     'delete that prepared dataset folder and run again to rebuild it.')
   try:
-    records = source.__getitems__(list(range(n)))  # One batched read: ~20x faster than per item.
-  except TypeError:  # tfds.testing.mock_data's sources break __getitems__ (tfds 4.9.10).
-    records = [source[i] for i in range(n)]
-  images = np.stack([r['image'] for r in records])
+    try:
+      records = source.__getitems__(list(range(n)))  # One batched read: ~20x faster.
+    except TypeError:  # tfds.testing.mock_data's sources break __getitems__ (tfds 4.9.10).
+      records = [source[i] for i in range(n)]
+    images = np.stack([r['image'] for r in records])
+    labels = np.asarray([r['label'] for r in records], np.int32)
+  except Exception as e:  # noqa: BLE001  (array_record / TFDS decoding errors of many kinds)
+    raise DataError(f'The prepared {data_config.name} split {split!r} in '
+                    f'{_cache_dir(data_config)} does not read ({type(e).__name__}): it is '
+                    'damaged; delete that prepared dataset folder and run again to rebuild '
+                    'it.') from e
   if images.ndim == 3:
     images = images[..., None]
-  labels = np.asarray([r['label'] for r in records], np.int32)
   return images, labels
 
 

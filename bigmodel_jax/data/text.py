@@ -52,7 +52,7 @@ class CharText(tfds.core.GeneratorBasedBuilder):
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    manual = dl_manager.manual_dir
+    manual = manual_dir(dl_manager)
     if manual is not None and (manual / FILE_NAME).exists():
       path = str(manual / FILE_NAME)
     else:
@@ -65,6 +65,55 @@ class CharText(tfds.core.GeneratorBasedBuilder):
     yield name, {'bytes': np.frombuffer(part, np.uint8)}
 
 
+def manual_dir(dl_manager: tfds.download.DownloadManager):
+  """The manual folder, or None: TFDS raises AssertionError for one that is missing or empty,
+  which here only means 'download instead'."""
+  try:
+    return dl_manager.manual_dir
+  except AssertionError:
+    return None
+
+
+def reachable(url: str, timeout_s: float = 10) -> str | None:
+  """None if `url` answers, else why not: a quick probe, since TFDS's downloader retries an
+  unreachable host for minutes before it gives up."""
+  import urllib.request
+  try:
+    with urllib.request.urlopen(urllib.request.Request(url, method='HEAD'), timeout=timeout_s):
+      return None
+  except Exception as e:  # noqa: BLE001  (URLError, timeouts, HTTP errors, bad proxies...)
+    return f'{type(e).__name__}: {" ".join(str(e).split())[:200]}'
+
+
+def _offline(why: str) -> DataError:
+  return DataError(f"Could not download Tiny Shakespeare's {FILE_NAME} from {URL} ({why}; "
+                   'offline?): put that file in a folder and set --config.data.text_dir=FOLDER.')
+
+
+def _prepare(builder: CharText, text_dir: str) -> None:
+  """Prepares the dataset from `text_dir`'s input.txt, or downloads it ('')."""
+  if text_dir and not os.path.isfile(os.path.join(text_dir, FILE_NAME)):
+    raise DataError(f'config.data.text_dir={text_dir!r} holds no {FILE_NAME}: point it at the '
+                    "folder of Tiny Shakespeare's input.txt, or set it to '' to download it.")
+  why = None if text_dir else reachable(URL)
+  if why is not None:
+    raise _offline(why)
+  logs.say(f'Preparing tiny_shakespeare from {text_dir or "its download URL"} into '
+           f'{builder.data_dir} (once)')
+  try:
+    with logs.without_prints():
+      builder.download_and_prepare(
+          download_config=tfds.download.DownloadConfig(manual_dir=text_dir or None),
+          file_format='array_record')
+  except DataError:
+    raise
+  except Exception as e:  # noqa: BLE001  (TFDS's download errors have many types)
+    if not text_dir:
+      raise _offline(type(e).__name__) from e
+    raise DataError(f'Preparing tiny_shakespeare from {text_dir} failed '
+                    f'({type(e).__name__}: {" ".join(str(e).split())[:300]}).') from e
+
+
 def read_text_splits(text_dir: str, data_dir: str | None) -> dict[str, bytes]:
   """The three splits' bytes, preparing the TFDS dataset first if needed.
 
@@ -74,14 +123,7 @@ def read_text_splits(text_dir: str, data_dir: str | None) -> dict[str, bytes]:
   """
   builder = CharText(data_dir=data_dir)
   if not builder.is_prepared():
-    if text_dir and not os.path.isfile(os.path.join(text_dir, FILE_NAME)):
-      raise DataError(f'config.data.text_dir={text_dir!r} holds no {FILE_NAME}: point it at the '
-                      "folder of Tiny Shakespeare's input.txt, or set it to '' to download it.")
-    logs.say(f'Preparing tiny_shakespeare from {text_dir or "its download URL"} into '
-             f'{builder.data_dir} (once)')
-    config = tfds.download.DownloadConfig(manual_dir=text_dir or None)
-    with logs.without_prints():
-      builder.download_and_prepare(download_config=config, file_format='array_record')
+    _prepare(builder, text_dir)
   out = {}
   for name in SPLITS:
     source = builder.as_data_source(name)

@@ -8,7 +8,7 @@
 
 from bigmodel_jax.training.loop import Phase, evaluate, train, train_and_evaluate
 from bigmodel_jax.training.setup import Run, create_run
-from bigmodel_jax.training.workdir import lock_workdir
+from bigmodel_jax.training.workdir import lock_workdir, locked
 
-__all__ = ['Phase', 'Run', 'create_run', 'evaluate', 'lock_workdir', 'train',
+__all__ = ['Phase', 'Run', 'create_run', 'evaluate', 'lock_workdir', 'locked', 'train',
            'train_and_evaluate']

@@ -103,7 +103,11 @@ def train(run: Run, workdir: str, phase: Phase = Phase(), *,
   wall = _WallClock(started_at)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
-  lock = workdir_lib.lock_workdir(workdir)  # noqa: F841  (held until this function returns)
+  with workdir_lib.locked(workdir):
+    return _train(run, workdir, phase, wall)
+
+
+def _train(run: Run, workdir: str, phase: Phase, wall: '_WallClock') -> dict[str, Any]:
   console = metrics.Console(prefix=phase.log_prefix)
   units = evals.Units(run.tokens_per_example)
   ckpt = run.checkpointer(workdir, phase.keep_steps)

@@ -4,30 +4,61 @@ Restore order (one place): this workdir's newest checkpoint (checked first by `s
 > the phase's `initial_state` (e.g. pruned params and masks) > a fresh initialisation.
 """
 
+import contextlib
 import fcntl
 import os
+import re
 from collections.abc import Callable
 from typing import Any
 
 import jax
+from absl import logging
 
 from bigmodel_jax import checkpoint
-from bigmodel_jax.errors import ConfigError
+from bigmodel_jax.errors import CheckpointDamagedError, ConfigError
 from bigmodel_jax.train_state import TrainState
 
+LOCK_FILE = '.lock'  # One per workdir, whatever kind of run holds it.
 
-def lock_workdir(workdir: str, name: str = '.lock'):
-  """An exclusive lock on WORKDIR/NAME (released when the process ends, even by kill -9)."""
+
+def lock_workdir(workdir: str, kind: str = 'training'):
+  """An exclusive lock on WORKDIR/.lock for a run of `kind` (training, pruning sweep, pretrained
+  LM); released when the process ends, even by kill -9. Every kind takes the same lock, so a
+  second run of any kind on the same workdir stops with one sentence (ConfigError); the file
+  keeps the kind, so a run of another kind is refused later too."""
   if jax.process_index() != 0:
     return None
-  handle = open(os.path.join(workdir, name), 'w')
+  handle = open(os.path.join(workdir, LOCK_FILE), 'a+')  # Not 'w': the holder's line stays.
   try:
     fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
   except BlockingIOError:
+    handle.seek(0)
+    holder = handle.read().strip() or 'another run'
     handle.close()
-    raise ConfigError(f'Another run is using --workdir={workdir}: wait for it to finish, or use '
+    raise ConfigError(f'--workdir={workdir} is in use by {holder}: wait for it to finish, or use '
                       'a new workdir.') from None
+  handle.seek(0)
+  before = re.match(r'a (.+) run \(pid', handle.read())
+  if before and before.group(1) != kind:  # One kind per workdir: results.json is each one's.
+    handle.close()
+    raise ConfigError(f'--workdir={workdir} holds a {before.group(1)} run; a {kind} run needs '
+                      'a folder of its own (its results.json would replace that one\'s).')
+  handle.seek(0)
+  handle.truncate()
+  handle.write(f'a {kind} run (pid {os.getpid()})\n')
+  handle.flush()
   return handle
+
+
+@contextlib.contextmanager
+def locked(workdir: str, kind: str = 'training'):
+  """`lock_workdir` for the body of a `with` statement, released when it ends."""
+  handle = lock_workdir(workdir, kind)
+  try:
+    yield
+  finally:
+    if handle is not None:
+      handle.close()
 
 
 def zero_sums() -> dict[str, float]:
@@ -59,7 +90,7 @@ def saved_progress(run, ckpt: checkpoint.Checkpointer) -> tuple[int | None, dict
     CheckpointMismatchError: the checkpoint holds another model or optimizer.
     ConfigError: it was written with another epoch length (batch size or data limits).
   """
-  latest = ckpt.latest_step()
+  latest = ckpt.latest_intact_step()  # Damaged newer steps are set aside, with a warning.
   if latest is None:
     return None, fresh_meta()
   ckpt.check_compatible(latest, run.abstract_state.arrays())
@@ -92,5 +123,16 @@ def restore_or_init(run, ckpt: checkpoint.Checkpointer, latest: int | None,
     if initial_state is not None:
       state = run.par.place(initial_state(state))
     return state, fresh_meta()
-  state, meta = run.restore(ckpt, latest)
+  while True:
+    try:
+      state, meta = run.restore(ckpt, latest)
+      break
+    except CheckpointDamagedError:  # Arrays that do not read, in a step without checksums.
+      older = ckpt.latest_intact_step(below=latest)
+      if older is None:
+        raise
+      logging.warning('Checkpoint step %d in %s does not read; it is moved to %s and the run '
+                      'resumes from step %d.', latest, ckpt.directory, ckpt.set_aside([latest]),
+                      older)
+      latest = older
   return state, {**fresh_meta(), **meta}  # Checkpoints of earlier versions lack the newer keys.
