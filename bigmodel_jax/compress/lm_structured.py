@@ -59,13 +59,7 @@ def prune(job, variant, directory: str) -> tuple[Llama, Any, dict[str, Any]]:
     raise ConfigError(f'prune.variants entry {variant.label!r}: structured variants need a '
                       f'Llama-family model; {job.pre.source} is {type(job.pre.model).__name__}.')
   path = os.path.join(directory, STRUCTURE)
-  saved = None
-  if os.path.exists(path):
-    try:
-      with open(path) as f:
-        saved = json.load(f)
-    except json.JSONDecodeError:
-      saved = None  # Torn by an older version: choose again.
+  saved = report.read_json(path)  # None when missing or damaged: chosen again.
   if saved is None:
     keep_groups, keep_units, seconds = _keep(job, variant)
     as_lists = lambda keep: None if keep is None else {k: v.tolist() for k, v in keep.items()}
