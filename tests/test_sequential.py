@@ -79,7 +79,7 @@ def test_sharded_params_give_the_same_masks(setup):
 def test_bad_requests_say_what_is_wrong(setup):
   model, params, windows = setup
   cases = {
-      "One-shot method 'obs'": dict(method='obs', sparsity=0.5),
+      "method='obs' is not a one-shot method": dict(method='obs', sparsity=0.5),
       'does not apply to N:M': dict(method='wanda', n=2, m=4, owl=sequential.Owl()),
       "no layer 'mlp/fc'": dict(method='wanda', sparsity=0.5, layers=('mlp/fc',)),
       'lower lam': dict(method='wanda', sparsity=0.97, owl=sequential.Owl(lam=0.2)),
