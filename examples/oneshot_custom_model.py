@@ -37,7 +37,7 @@ class Block(nn.Module):
   @nn.compact
   def __call__(self, x):
     x = x + nn.MultiHeadDotProductAttention(num_heads=self.heads, name='attn')(nn.LayerNorm()(x))
-    h = nn.gelu(nn.Dense(2 * self.embed, name='fc')(nn.LayerNorm()(x)))
+    h = nn.gelu(nn.Dense(self.embed, name='fc')(nn.LayerNorm()(x)))  # Width 1x: compiles less.
     return x + nn.Dense(self.embed, name='proj')(h)
 
 

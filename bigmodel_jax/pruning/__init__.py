@@ -11,7 +11,7 @@ Masks are bool trees shaped like the params (True = keep). `METHODS` is the regi
 methods (`methods.Method`: score function, kinds, schedules). See each module for details.
 """
 
-from bigmodel_jax.pruning import heads, layerwise, methods, oneshot
+from bigmodel_jax.pruning import heads, layerwise, linear, methods, oneshot
 from bigmodel_jax.pruning.export import load_compact, save_compact
 from bigmodel_jax.pruning.masks import (
   DEFAULT_INCLUDE,
@@ -46,7 +46,7 @@ from bigmodel_jax.pruning.structured import neuron_keep, neuron_masks, neuron_sc
 
 __all__ = [
     'DEFAULT_INCLUDE', 'METHODS', 'SCHEDULES', 'apply_masks', 'batch_loss_fn', 'compute_scores',
-    'heads', 'is_update_step', 'iterative_sparsities', 'layerwise', 'leaf_paths',
+    'heads', 'is_update_step', 'iterative_sparsities', 'layerwise', 'leaf_paths', 'linear',
     'load_compact', 'lowest_k_masks', 'magnitude', 'masked', 'masks_from_scores', 'methods',
     'neuron_keep', 'neuron_masks', 'neuron_scores', 'nm_mask', 'nm_masks', 'ones_like',
     'oneshot', 'polynomial_sparsity', 'prunable_tree', 'prune_opt_state', 'random', 'saliency',

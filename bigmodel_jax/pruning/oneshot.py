@@ -206,10 +206,15 @@ def prune(apply_fn: Callable, params: Any, batches: Iterable, *, method: str, pr
   return _tree_from(params, names, leaves), _tree_from(params, names, keep)
 
 
-@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 6, 7, 8))  # Sparsity static: exact counts.
 def _prune_layer(kernel, stats, sparsity, rule, view, n, m, block_size, damp):
-  new, mask = rule(view.to_matrix(kernel), stats, sparsity, n, m, block_size, damp)
+  """The rule on the kernel's matrix view, compiled once per matrix shape (q, k, v, out alike)."""
+  new, mask = _jitted_rule(view.to_matrix(kernel), stats, sparsity, rule, n, m, block_size, damp)
   return view.from_matrix(new), view.from_matrix(mask)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 6, 7))  # Sparsity static: exact counts.
+def _jitted_rule(matrix, stats, sparsity, rule, n, m, block_size, damp):
+  return rule(matrix, stats, sparsity, n, m, block_size, damp)
 
 
 def _check_chosen(chosen: list[str], views: dict[str, linear.Call], leaves: dict) -> None:
