@@ -27,7 +27,6 @@ Writes bench/out/llama_structured.json. Nothing here asserts a speed.
 """
 
 import argparse
-import concurrent.futures
 import glob
 import json
 import os
@@ -45,6 +44,7 @@ import numpy as np  # noqa: E402
 
 from bench.startup import machine  # noqa: E402
 from bigmodel_jax import logs, pretrained  # noqa: E402
+from bigmodel_jax.compress import latency  # noqa: E402
 from bigmodel_jax.errors import ConfigError  # noqa: E402
 from bigmodel_jax.models import Llama  # noqa: E402
 from bigmodel_jax.pruning import llama_structured as ls  # noqa: E402
@@ -94,36 +94,6 @@ def tokens(tokenizer, vocab: int) -> tuple[np.ndarray, np.ndarray]:
   return ids[:split].reshape(CALIBRATION), ids[split:].reshape(max(BATCHES), PROMPT)
 
 
-def empty_cache(model: Llama, batch: int) -> dict:
-  """A zero KV cache [batch, MAX_LEN] whose next position is PROMPT (the cost of a decode step
-  does not depend on what the cache holds)."""
-  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((batch, 1),
-                                                                          jnp.int32), decode=True))
-  cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes['cache'])
-  cache['position']['index'] = jnp.asarray(PROMPT, jnp.int32)
-  return cache
-
-
-def compiled_calls(models: dict, evals: np.ndarray) -> dict:
-  """{(variant, 'prompt' | 'decode', batch): compiled fn}, compiled two at a time."""
-  jobs = {}
-  for name, (model, params) in models.items():
-    forward = jax.jit(lambda p, x, m=model: m.apply({'params': p}, x))
-
-    def step(cache, p, token, m=model):
-      logits, updated = m.apply({'params': p, 'cache': cache}, token, decode=True,
-                                mutable=['cache'])
-      return updated['cache'], logits[:, -1]
-    decode = jax.jit(step, donate_argnums=0)
-    for b in BATCHES:
-      jobs[name, 'prompt', b] = lambda f=forward, p=params, b=b: f.lower(p, evals[:b]).compile()
-      jobs[name, 'decode', b] = lambda f=decode, p=params, b=b, m=model: f.lower(
-          empty_cache(m, b), p, jnp.zeros((b, 1), jnp.int32)).compile()
-  with concurrent.futures.ThreadPoolExecutor(2) as pool:
-    futures = {key: pool.submit(job) for key, job in jobs.items()}
-    return {key: f.result() for key, f in futures.items()}
-
-
 def timers(models: dict, calls: dict, evals: np.ndarray, steps: int, nll: dict) -> dict:
   """{key: () -> (wall, CPU) seconds per call (prompt) or per step (decode)}; a variant's first
   batch-8 prompt also records its mean next-token loss in `nll`."""
@@ -142,7 +112,8 @@ def timers(models: dict, calls: dict, evals: np.ndarray, steps: int, nll: dict) 
         return seconds
     else:
       def run(fn=fn, params=params, model=models[name][0], b=b):
-        cache, token = jax.block_until_ready(empty_cache(model, b)), jnp.zeros((b, 1), jnp.int32)
+        cache = jax.block_until_ready(latency.empty_cache(model, b, PROMPT))
+        token = jnp.zeros((b, 1), jnp.int32)
         start, cpu = time.perf_counter(), time.process_time()
         for _ in range(steps):
           cache, logits = fn(cache, params, token)
@@ -220,7 +191,7 @@ def main():
   # On the device once: numpy leaves (a loaded model's) would be copied over at every call.
   models = {name: (m, jax.device_put(p)) for name, (m, p) in models.items()}
   print(f'{source}; scored in {time.perf_counter() - began:.0f} s; compiling ...', flush=True)
-  calls = compiled_calls(models, evals)
+  calls = latency.compiled_calls(models, evals, BATCHES)
   print(f'compiled at {time.perf_counter() - began:.0f} s; timing ...', flush=True)
   nll = {}
   times = interleaved(timers(models, calls, evals, args.decode_steps, nll), args.rounds)

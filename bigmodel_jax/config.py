@@ -8,7 +8,7 @@ import ml_collections
 from bigmodel_jax import data, losses, models, optim
 from bigmodel_jax.errors import ConfigError
 from bigmodel_jax.models import common
-from bigmodel_jax.pruning import export, methods, schedules, selection
+from bigmodel_jax.pruning import distributions, export, methods, schedules, selection
 
 
 def _one_of(key: str, value, accepted: Iterable[str]) -> None:
@@ -236,7 +236,51 @@ def variants(config: ml_collections.ConfigDict) -> list[Variant]:
                           f'variants; {v.name!r} would ignore it. Drop the variant or the '
                           'overrides.')
   _check_prune_schedule(config, parsed)
+  _check_prune_training(config, parsed)
   return parsed
+
+
+TRAININGS = ('masked', 'ste', 'set', 'rigl')
+
+
+def _check_prune_training(config: ml_collections.ConfigDict, parsed: list[Variant]) -> None:
+  """prune.distribution, prune.training (STE, SET, RigL) and prune.nm_skip_indivisible."""
+  p = config.prune
+  _one_of('prune.distribution', p.distribution, distributions.DISTRIBUTIONS)
+  _one_of('prune.training', p.training, TRAININGS)
+  _check('prune.nm_skip_indivisible', p.nm_skip_indivisible,
+         isinstance(p.nm_skip_indivisible, bool), 'True or False')
+  unstructured = [v for v in parsed if v.kind in ('global', 'layerwise')]
+  if p.distribution != 'global':
+    for v in parsed:
+      if v not in unstructured or v.method.score is None:
+        raise ConfigError(f'prune.distribution={p.distribution!r} spreads the sparsity of '
+                          'unstructured global|layerwise variants of a weight score; '
+                          f'{v.name!r} would ignore it.')
+  if p.training == 'masked':
+    return
+  if p.training == 'ste' and p.schedule != 'gradual':
+    raise ConfigError("prune.training='ste' recomputes masks along the gradual ramp: set "
+                      "prune.schedule='gradual'.")
+  if p.training in ('set', 'rigl'):
+    if p.schedule != 'one_shot':
+      raise ConfigError(f'prune.training={p.training!r} prunes once and then drops and regrows '
+                        "during retraining: set prune.schedule='one_shot'.")
+    if p.retrain_epochs == 0 and p.retrain_steps == 0:
+      raise ConfigError(f'prune.training={p.training!r} needs a retraining phase: '
+                        'prune.retrain_epochs (or retrain_steps) > 0.')
+    _positive_int('prune.dst_every_steps', p.dst_every_steps)
+    _check('prune.dst_drop_fraction', p.dst_drop_fraction, 0 < p.dst_drop_fraction < 1,
+           'in (0, 1)')
+    _check('prune.dst_end_fraction', p.dst_end_fraction, 0 < p.dst_end_fraction <= 1,
+           'in (0, 1]')
+  for v in parsed:
+    if v not in unstructured:
+      raise ConfigError(f'prune.training={p.training!r} trains unstructured global|layerwise '
+                        f'masks; {v.name!r} is not one.')
+    if p.training == 'ste' and v.score != 'magnitude':
+      raise ConfigError(f"prune.training='ste' recomputes masks from the dense weights' "
+                        f'magnitude; {v.name!r} scores otherwise (use magnitude/...).')
 
 
 def _check_prune_schedule(config: ml_collections.ConfigDict, parsed: list[Variant]) -> None:
@@ -360,7 +404,8 @@ def validate_parallelism(config: ml_collections.ConfigDict) -> None:
 
 # --- the pretrained-LM workflow (configs/smollm2_prune.py) ---------------------------------
 
-LM_METHODS = ('magnitude', 'wanda', 'sparsegpt', 'owl-wanda', 'owl-sparsegpt')
+LM_STRUCTURED = ('mlp', 'heads', 'mlp+heads')  # Parts removed physically (a smaller model).
+LM_METHODS = ('magnitude', 'wanda', 'sparsegpt', 'owl-wanda', 'owl-sparsegpt') + LM_STRUCTURED
 
 
 @dataclasses.dataclass(frozen=True)
@@ -382,7 +427,14 @@ class LmVariant:
 
   @property
   def pattern(self) -> str:
+    if self.structured:
+      parts = {'mlp': 'MLP units', 'heads': 'kv groups', 'mlp+heads': 'MLP units + kv groups'}
+      return f'{self.sparsity:.0%} of {parts[self.method]}'
     return f'{self.n}:{self.m}' if self.n else f'{self.sparsity:.0%} unstructured'
+
+  @property
+  def structured(self) -> bool:
+    return self.method in LM_STRUCTURED
 
 
 def parse_lm_variant(text: str) -> LmVariant:
@@ -394,6 +446,9 @@ def parse_lm_variant(text: str) -> LmVariant:
   if ':' in target and method.startswith('owl-'):
     raise ConfigError(f'prune.variants entry {text!r}: OWL sets per-block sparsities and takes '
                       'a sparsity, not an N:M pattern.')
+  if ':' in target and method in LM_STRUCTURED:
+    raise ConfigError(f'prune.variants entry {text!r}: a structured variant takes the fraction '
+                      'removed (e.g. mlp/0.25), not an N:M pattern.')
   try:
     if ':' in target:
       n, m = (int(x) for x in target.split(':'))
@@ -435,4 +490,24 @@ def validate_pretrained_lm(config: ml_collections.ConfigDict) -> list[LmVariant]
                       '> 0.')
   if not config.prune.variants:
     raise ConfigError('config.prune.variants is empty: name at least one, e.g. wanda/0.5.')
-  return [parse_lm_variant(v) for v in config.prune.variants]
+  variants = [parse_lm_variant(v) for v in config.prune.variants]
+  if any(v.structured for v in variants):
+    _validate_lm_structured(config)
+  return variants
+
+
+def _validate_lm_structured(config: ml_collections.ConfigDict) -> None:
+  s = config.structured
+  if s.scope not in ('layerwise', 'global'):
+    raise ConfigError(f"config.structured.scope={s.scope!r} is invalid: use 'layerwise' or "
+                      "'global'.")
+  for key, least in (('latency_rounds', 0), ('latency_length', 1), ('decode_steps', 1)):
+    if not isinstance(s[key], int) or isinstance(s[key], bool) or s[key] < least:
+      raise ConfigError(f'config.structured.{key}={s[key]!r} is invalid: it must be an integer '
+                        f'>= {least}.')
+  batches = tuple(s.latency_batches)
+  if not batches or not all(isinstance(b, int) and b >= 1 for b in batches):
+    raise ConfigError(f'config.structured.latency_batches={batches!r} must be positive integers.')
+  if s.latency_rounds and s.latency_length + s.decode_steps > config.model.max_len:
+    raise ConfigError(f'config.structured.latency_length={s.latency_length} + decode_steps='
+                      f'{s.decode_steps} exceed config.model.max_len={config.model.max_len}.')

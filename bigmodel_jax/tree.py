@@ -3,6 +3,10 @@
 A leaf's path is its keys joined by '/': 'params/Dense_0/kernel' for a dict entry,
 'opt_state/0/mu/Dense_0/kernel' through a tuple and a namedtuple field. Patterns that select
 leaves (pruning's include / exclude globs, sharding rules) match these strings.
+
+A leaf inside a box is named by the box: the array of a Flax NNX `Variable` (whose key path ends
+in the attribute `.value`) is 'l1/kernel', not 'l1/kernel/value', so an `nnx.State`, the pure
+dict of `nnx.to_pure_dict` and a Linen params dict of the same model have the same paths.
 """
 
 import fnmatch
@@ -20,8 +24,18 @@ def key_str(key: Any) -> str:
   return str(key)
 
 
+def _is_box_value(key: Any) -> bool:
+  """The `.value` attribute by which an NNX Variable (or a Linen meta box) holds its array."""
+  return isinstance(key, jax.tree_util.GetAttrKey) and key.name == 'value'
+
+
 def path_str(path: Sequence[Any]) -> str:
-  """'Dense_0/kernel' for a jax key path (as `jax.tree_util.tree_leaves_with_path` gives)."""
+  """'Dense_0/kernel' for a jax key path (as `jax.tree_util.tree_leaves_with_path` gives).
+
+  A trailing `.value` attribute (the array inside an NNX Variable) is left out.
+  """
+  if path and _is_box_value(path[-1]):
+    path = path[:-1]
   return '/'.join(key_str(k) for k in path)
 
 

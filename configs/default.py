@@ -133,6 +133,22 @@ def get_config() -> ml_collections.ConfigDict:
   prune.include = ('*kernel',)  # Glob patterns of prunable leaves, e.g. 'Dense_[01]/kernel'.
   prune.exclude = ()  # Glob patterns removed from `include` (biases and norms are never matched by default).
   prune.overrides = ''  # Per-layer sparsities, 'PATTERN=S,PATTERN=S' (e.g. 'Dense_2/kernel=0.5'): those leaves are pruned to S on their own, outside the global ranking, by every schedule (iterative: over its rounds; gradual: along its ramp); unstructured global|layerwise variants only.
+  # How a sparsity spreads over the prunable layers (unstructured global|layerwise variants of a
+  # weight score): 'global' = as the variant's kind says (one ranking of all scores, or the same
+  # fraction per layer); 'uniform' = the same fraction per layer; 'erk' = Erdos-Renyi-Kernel
+  # (RigL; density ~ sum(dims) / prod(dims), small layers denser). The pruned count is exact.
+  prune.distribution = 'global'
+  # How pruned weights train: 'masked' = frozen at zero; 'ste' (gradual schedule) = straight-
+  # through: the forward sees masked weights, the dense ones get the gradient and the masks are
+  # recomputed from them every gradual_every_steps along the ramp; 'set' | 'rigl' (one_shot
+  # schedule) = dynamic sparse training: every dst_every_steps drop the smallest active weights
+  # of each layer and regrow as many at random (SET) or by largest gradient (RigL), at zero with
+  # zeroed moments.
+  prune.training = 'masked'
+  prune.dst_every_steps = 100  # set | rigl: steps between drop-and-regrow updates.
+  prune.dst_drop_fraction = 0.3  # set | rigl: fraction of a layer's active weights redrawn at the first update, decayed by cosine to 0.
+  prune.dst_end_fraction = 0.75  # set | rigl: fraction of the retraining steps after which masks stop changing.
+  prune.nm_skip_indivisible = False  # N:M kinds: leave dense (and name in the log) layers whose input dimension does not divide by M, as NVIDIA's ASP; False = refuse them.
   prune.score_batches = 8  # Training batches for saliency / sensitivity, and wanda / sparsegpt calibration.
   prune.score_batch_size = 128  # Examples per scoring batch.
   prune.retrain_epochs = 3  # Masked retraining epochs after each pruning (gradual: the whole phase).

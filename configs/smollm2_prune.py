@@ -52,11 +52,19 @@ def get_config():
   p.variants = ('magnitude/0.5', 'wanda/0.5', 'sparsegpt/0.5',
                 'magnitude/2:4', 'wanda/2:4', 'sparsegpt/2:4',
                 'magnitude/4:8', 'wanda/4:8', 'sparsegpt/4:8',
-                'wanda/0.7', 'owl-wanda/0.7', 'sparsegpt/0.7', 'owl-sparsegpt/0.7')  # <method>/<sparsity or N:M>.
+                'wanda/0.7', 'owl-wanda/0.7', 'sparsegpt/0.7', 'owl-sparsegpt/0.7',
+                'mlp/0.25', 'heads/0.33', 'mlp+heads/0.25')  # <method>/<sparsity, N:M or fraction removed>.
   p.block_size = 128  # SparseGPT: inputs per lazy-update block.
   p.damp = 0.01  # SparseGPT: Hessian dampening, relative to its mean diagonal.
   p.owl_m = 5.0  # OWL: a score is an outlier above M x its block's mean score.
   p.owl_lam = 0.08  # OWL: per-block sparsities spread over +- lam around the target.
+
+  config.structured = s = ml_collections.ConfigDict()
+  s.scope = 'layerwise'  # Structured variants: remove the fraction in every block, or 'global' (over all blocks).
+  s.latency_rounds = 3  # Rounds of latency timing, small vs dense model, alternating (0 = none).
+  s.latency_batches = (1, 8)  # Batch sizes timed (prompt and decode).
+  s.latency_length = 256  # Prompt tokens per sequence; decoding is timed after them.
+  s.decode_steps = 4  # Decode steps per latency figure.
 
   config.recover = r = ml_collections.ConfigDict()
   r.steps = 0  # Masked fine-tune steps after pruning (0 = none).

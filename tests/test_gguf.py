@@ -15,7 +15,7 @@ tokenizers = pytest.importorskip('tokenizers')
 gguf = pytest.importorskip('gguf')
 
 from bigmodel_jax.errors import ConfigError  # noqa: E402
-from bigmodel_jax.pretrained import gguf_file, gguf_writer  # noqa: E402
+from bigmodel_jax.pretrained import gguf_container, gguf_file, gguf_tokenizer, gguf_writer  # noqa: E402
 
 VOCAB = 420  # The tiny tokenizer's 401 entries, padded by `write` with unused [PADi] tokens.
 CORPUS = ['The capital of France is Paris.', "Hello world! It's 2024, we're 12345 strong.",
@@ -182,7 +182,8 @@ def test_rope_scaling_round_trips(tmp_path, scaling):
   model = _model(config)
   path = _write(tmp_path, config, model)
   hf_config, state_dict = gguf_file.read(path)
-  assert 'rope_freqs.weight' in gguf_file._open(path).tensors or scaling['rope_type'] != 'llama3'
+  tensors = gguf_container.open_file(path).tensors
+  assert 'rope_freqs.weight' in tensors or scaling['rope_type'] != 'llama3'
   assert hf_config['rope_scaling'] == pytest.approx(scaling)
   ids = np.arange(40)[None] % VOCAB
   np.testing.assert_allclose(_logits(_rebuilt(hf_config, state_dict), ids), _logits(model, ids),
@@ -194,7 +195,7 @@ def test_rope_scaling_round_trips(tmp_path, scaling):
 def test_tokenizer_agrees_with_transformers(tmp_path, tiny_tokenizer, pre, add_bos):
   config = _config('llama', num_hidden_layers=1)
   path = _write(tmp_path, config, _model(config), tiny_tokenizer, pre=pre, add_bos=add_bos)
-  ours = gguf_file.tokenizer(path)
+  ours = gguf_tokenizer.tokenizer(path)
   theirs = transformers.AutoTokenizer.from_pretrained(tmp_path, gguf_file='model.gguf')
   assert (ours.bos_token_id, ours.eos_token_id, ours.add_bos) == (1, 2, add_bos)
   assert ours.tokenizer.get_vocab_size() == VOCAB
@@ -216,10 +217,11 @@ def test_tokenizer_pre_smollm_splits_digits_and_unknown_pre_warns(tmp_path, tiny
   config = _config('llama', num_hidden_layers=1)
   model = _model(config)
   path = _write(tmp_path, config, model, tiny_tokenizer, pre='smollm')
-  assert gguf_file.tokenizer(path).tokenizer.encode('ab 2024').tokens[-4:] == ['2', '0', '2', '4']
+  tok = gguf_tokenizer.tokenizer(path).tokenizer
+  assert tok.encode('ab 2024').tokens[-4:] == ['2', '0', '2', '4']
   path = _write(tmp_path, config, model, tiny_tokenizer, pre='no-such-pre')
   with caplog.at_level('WARNING'):
-    tok = gguf_file.tokenizer(path).tokenizer
+    tok = gguf_tokenizer.tokenizer(path).tokenizer
   assert 'no-such-pre' in caplog.text
   assert tok.encode('Hello world').ids == tiny_tokenizer.encode('Hello world').ids
 
@@ -238,7 +240,7 @@ def test_bad_files_raise_one_sentence(tmp_path, tiny_tokenizer):
   _check_one_sentence(error, 'not a GGUF file', 'magic')
   (empty := tmp_path / 'empty.gguf').write_bytes(b'')
   with pytest.raises(ConfigError) as error:
-    gguf_file.tokenizer(empty)
+    gguf_tokenizer.tokenizer(empty)
   _check_one_sentence(error, 'magic')
 
   config = _config('llama', num_hidden_layers=1)
@@ -266,7 +268,7 @@ def test_unsupported_architecture_dtype_and_tokenizer_raise_one_sentence(tmp_pat
     gguf_file.read(tmp_path / 'phi3.gguf')
   _check_one_sentence(error, "'phi3'", 'llama, qwen2, gpt2')
   with pytest.raises(ConfigError) as error:
-    gguf_file.tokenizer(tmp_path / 'phi3.gguf')  # No tokenizer.ggml.* metadata at all.
+    gguf_tokenizer.tokenizer(tmp_path / 'phi3.gguf')  # No tokenizer.ggml.* metadata at all.
   _check_one_sentence(error, 'byte-level BPE')
 
   config = _config('llama', num_hidden_layers=1)
@@ -325,14 +327,14 @@ def test_smollm2_reads_like_transformers(smollm2):
     np.testing.assert_array_equal(their_tensors[name].numpy(), state_dict[name], err_msg=name)
   # Our tensors in their model, prompted through our tokenizer, know the answer.
   theirs.load_state_dict({k: torch.from_numpy(v) for k, v in state_dict.items()}, strict=False)
-  tok = gguf_file.tokenizer(SMOLLM2).tokenizer
+  tok = gguf_tokenizer.tokenizer(SMOLLM2).tokenizer
   ids = tok.encode('The capital of France is').ids
   assert tok.decode([int(_logits(theirs, [ids])[0, -1].argmax())]) == ' Paris'
 
 
 @needs_smollm2
 def test_smollm2_tokenizer_agrees_with_transformers():
-  ours = gguf_file.tokenizer(SMOLLM2)
+  ours = gguf_tokenizer.tokenizer(SMOLLM2)
   theirs = transformers.AutoTokenizer.from_pretrained(os.path.dirname(SMOLLM2),
                                                       gguf_file=os.path.basename(SMOLLM2))
   assert (ours.bos_token_id, ours.eos_token_id, ours.add_bos) == (1, 2, False)

@@ -85,8 +85,46 @@ def test_workflow_runs_resumes_and_exports(folders, tmp_path):
       results['dense']['perplexity']
 
 
+def test_structured_variants_shrink_time_and_export_a_smaller_model(folders, tmp_path):
+  config = _config(folders, tmp_path)
+  config.prune.variants = ('mlp/0.5', 'heads/0.5', 'mlp+heads/0.5')
+  config.recover.steps = 2
+  s = config.structured
+  s.latency_rounds, s.latency_batches, s.latency_length, s.decode_steps = 1, (1, 2), 8, 1
+  workdir = str(tmp_path / 'run')
+  results = pretrained_lm.run(config, workdir)
+  mlp, heads, both = results['rows']
+  assert mlp['mlp_dims_per_layer'] == [32, 32] and mlp['kv_heads_per_layer'] == [2, 2]
+  assert heads['mlp_dims_per_layer'] == [64, 64] and heads['kv_heads_per_layer'] == [1, 1]
+  assert both['mlp_dims_per_layer'] == [32, 32] and both['kv_heads_per_layer'] == [1, 1]
+  assert both['params'] < mlp['params'] < results['params'] and both['sparsity'] > 0.4
+  for row in results['rows']:
+    assert np.isfinite(row['perplexity']) and np.isfinite(row['recovered_perplexity'])
+    assert set(row['latency']) == {'prompt_b1', 'prompt_b2', 'decode_b1', 'decode_b2'}
+    assert row['latency']['prompt_b2']['ms'] > 0 and row['dense_latency']['decode_b1']['ms'] > 0
+  assert 'Structured' in open(os.path.join(workdir, 'results.md')).read()
+  # The export is a smaller transformers model: its config says so, its logits are ours.
+  export = os.path.join(workdir, 'mlp+heads_0.5', 'export')
+  reloaded = transformers.AutoModelForCausalLM.from_pretrained(export, dtype=torch.float32)
+  assert (reloaded.config.intermediate_size, reloaded.config.num_key_value_heads,
+          reloaded.config.num_attention_heads) == (32, 1, 2)
+  ours = pretrained.load(export, max_len=32)
+  ids = np.asarray([[3, 5, 7, 11, 13]])
+  want = reloaded(torch.from_numpy(ids)).logits.detach().numpy()
+  got = np.asarray(ours.model.apply({'params': ours.params}, ids))
+  np.testing.assert_allclose(got, want, atol=1e-4)
+  # A re-run rebuilds the same rows from structure.json and row.json.
+  os.remove(os.path.join(workdir, 'heads_0.5', 'row.json'))
+  again = pretrained_lm.run(config, workdir)
+  assert [r['perplexity'] for r in again['rows']] == [r['perplexity'] for r in results['rows']]
+
+
 def test_bad_configs_say_what_is_wrong(folders, tmp_path):
   cases = {
+      'takes the fraction': ('prune.variants', ('mlp/2:4',)),
+      'structured.scope': ('structured.scope', 'everywhere'),
+      'structured.decode_steps=0': ('structured.decode_steps', 0),
+      'structured.latency_length=40': ('structured.latency_length', 40),
       "entry 'obs/0.5'": ('prune.variants', ('obs/0.5',)),
       "must be in \\(0, 1\\)": ('prune.variants', ('wanda/1.5',)),
       'takes a sparsity, not an N:M': ('prune.variants', ('owl-wanda/2:4',)),
@@ -100,6 +138,9 @@ def test_bad_configs_say_what_is_wrong(folders, tmp_path):
   }
   for message, (key, value) in cases.items():
     config = _config(folders, tmp_path)
+    if key.startswith('structured.'):
+      config.prune.variants = ('mlp/0.25',)
+    config.structured.latency_length = 8
     section, name = key.split('.')
     config[section][name] = value
     with pytest.raises(ConfigError, match=message):

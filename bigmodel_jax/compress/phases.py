@@ -47,12 +47,21 @@ def prune(ctx: Context, directory: str, variant: Variant, sparsity: float, param
 
 
 def retrain(ctx: Context, directory: str, params, masks, prunable, epochs: int,
-            before_step=None, prefix: str = '') -> TrainState:
-  """Masked retraining from (params, masks) with a fresh optimizer; resumable in `directory`."""
+            before_step=None, prefix: str = '', run: training.Run | None = None,
+            opt_state_fn=None) -> TrainState:
+  """Masked retraining from (params, masks) with a fresh optimizer; resumable in `directory`.
+
+  Args:
+    run: the phase's run; default `ctx.retrain_run(epochs)` (the masked optimizer).
+    opt_state_fn: (tx, params, masks) -> the starting optimizer state; default the fresh one
+      with its buffers zeroed at pruned entries.
+  """
   def start(state):
     state = state.replace(params=pruning.apply_masks(params, masks), masks=masks)
+    if opt_state_fn is not None:
+      return state.replace(opt_state=opt_state_fn(state.tx, state.params, masks))
     return state.replace(opt_state=pruning.prune_opt_state(state.tx, state.opt_state, masks))
-  run = ctx.retrain_run(epochs)
+  run = run if run is not None else ctx.retrain_run(epochs)
   training.train(run, directory, training.Phase(initial_state=start, before_step=before_step,
                                                 prunable=prunable, log_prefix=prefix))
   return ctx.restore(directory, run)

@@ -10,7 +10,8 @@ row.json; a killed run continues from the last of them. Every JSON, markdown and
 written to a temporary name and renamed.
 
 Variants (`prune.variants`): '<method>/<target>' with method magnitude | wanda | sparsegpt |
-owl-wanda | owl-sparsegpt and target a sparsity (0.5) or an N:M pattern (2:4).
+owl-wanda | owl-sparsegpt and target a sparsity (0.5) or an N:M pattern (2:4); or structured,
+mlp | heads | mlp+heads and the fraction removed (compress/lm_structured.py: a smaller model).
 """
 
 import dataclasses
@@ -29,6 +30,7 @@ import optax
 
 from bigmodel_jax import checkpoint, logs, perplexity, pretrained, pruning, report
 from bigmodel_jax import config as config_lib
+from bigmodel_jax.compress import lm_structured
 from bigmodel_jax.config import LmVariant
 from bigmodel_jax.data import text as text_data
 from bigmodel_jax.errors import ConfigError
@@ -54,8 +56,8 @@ class _Job:
   eval_tokens: np.ndarray
   fingerprint: str
 
-  def perplexity(self, params, what: str) -> dict[str, float]:
-    e = self.config.eval
+  def perplexity(self, params, what: str, model=None) -> dict[str, float]:
+    e, model = self.config.eval, model or self.pre.model
     start = last = time.perf_counter()
 
     def progress(line):  # One line every ~30 s: an evaluation takes minutes on a CPU.
@@ -63,18 +65,18 @@ class _Job:
       if time.perf_counter() - last > 30:
         last = time.perf_counter()
         logs.say(f'{what} {line} ({last - start:.0f} s)')
-    return perplexity.evaluate(self.pre.model.apply, params, self.eval_tokens, context=e.context,
+    return perplexity.evaluate(model.apply, params, self.eval_tokens, context=e.context,
                                stride=e.stride, batch_size=e.batch_size, log=progress)
 
 
-def _sample(job: _Job, params) -> str:
+def _sample(job: _Job, params, model=None) -> str:
   """The greedy continuation (KV cache) of `sample.prompt`: what the model now says."""
   if not job.config.sample.num_tokens:
     return ''
   from bigmodel_jax import generate
   ids = job.pre.tokenizer.encode(job.config.sample.prompt)
-  out = generate.sample(job.pre.model, params, jnp.asarray([ids]), job.config.sample.num_tokens,
-                        rng=jax.random.PRNGKey(0), temperature=0.0)
+  out = generate.sample(model or job.pre.model, params, jnp.asarray([ids]),
+                        job.config.sample.num_tokens, rng=jax.random.PRNGKey(0), temperature=0.0)
   return job.pre.tokenizer.decode(np.asarray(out)[0, len(ids):])
 
 
@@ -126,11 +128,10 @@ def _prune(job: _Job, variant: LmVariant, directory: str):
     ckpt.close()
 
 
-def _recover(job: _Job, params, masks, directory: str) -> tuple[Any, dict]:
+def _recover(job: _Job, model, params, masks, directory: str) -> tuple[Any, dict]:
   """A short masked fine-tune (Adam, pruned weights stay 0) on train windows; resumable."""
   r, length = job.config.recover, job.config.calibration.length
   tx = pruning.masked(optax.adamw(r.learning_rate, weight_decay=0.0))
-  model = job.pre.model
 
   def loss_fn(p, batch):
     logits = model.apply({'params': p}, batch[:, :-1])
@@ -170,29 +171,38 @@ def run_variant(job: _Job, variant: LmVariant) -> dict[str, Any]:
   """One row: prune, perplexity, recover (optional), perplexity, export."""
   directory = os.path.join(job.workdir, variant.slug)
   row_path = os.path.join(directory, 'row.json')
-  cached = _read_row(row_path, job.fingerprint)
+  fingerprint = (lm_structured.fingerprint(job.fingerprint, job.config) if variant.structured
+                 else job.fingerprint)
+  cached = _read_row(row_path, fingerprint)
   if cached is not None:
     return cached
   os.makedirs(directory, exist_ok=True)
-  params, masks, meta = _prune(job, variant, os.path.join(directory, 'pruned'))
-  prunable = sequential.prunable_tree(params)
-  stats = pruning.sparsity_stats(params, masks, prunable)
-  row = {'fingerprint': job.fingerprint, 'variant': variant.label, 'method': variant.method,
-         'pattern': variant.pattern, 'sparsity': stats['sparsity'], **meta}
-  row['perplexity'] = job.perplexity(params, f'[{variant.label}]')['perplexity']
-  row['sample'] = _sample(job, params)
-  logs.say(f'[{variant.label}] perplexity {row["perplexity"]:.2f} (sparsity '
-           f'{stats["sparsity"]:.1%}, pruned in {meta["prune_seconds"]:.1f} s); says '
-           f'{row["sample"]!r}')
+  say = lambda line: logs.say(f'[{variant.label}] {line}')
+  if variant.structured:  # A smaller model: nothing masked.
+    model, params, meta = lm_structured.prune(job, variant, directory)
+    masks = pruning.ones_like(params)
+  else:
+    model, (params, masks, meta) = job.pre.model, _prune(job, variant,
+                                                         os.path.join(directory, 'pruned'))
+    meta['sparsity'] = pruning.sparsity_stats(params, masks,
+                                              sequential.prunable_tree(params))['sparsity']
+  row = {'fingerprint': fingerprint, 'variant': variant.label, 'method': variant.method,
+         'pattern': variant.pattern, **meta}
+  row['perplexity'] = job.perplexity(params, f'[{variant.label}]', model)['perplexity']
+  row['sample'] = _sample(job, params, model)
+  say(f'perplexity {row["perplexity"]:.2f} (sparsity {row["sparsity"]:.1%}, pruned in '
+      f'{meta["prune_seconds"]:.1f} s); says {row["sample"]!r}')
+  if variant.structured:
+    row.update(lm_structured.latency_fields(job, variant, model, params, say))
   if job.config.recover.steps:
-    params, recovered = _recover(job, params, masks, os.path.join(directory, 'recovered'))
+    params, recovered = _recover(job, model, params, masks, os.path.join(directory, 'recovered'))
     row.update(recovered, recovered_perplexity=job.perplexity(
-        params, f'[{variant.label} recovered]')['perplexity'])
+        params, f'[{variant.label} recovered]', model)['perplexity'])
     logs.say(f'[{variant.label}] after {job.config.recover.steps} recovery steps: perplexity '
              f'{row["recovered_perplexity"]:.2f}')
   if job.config.export:
     folder = os.path.join(directory, 'export')
-    files = pretrained.save(folder, job.pre.model, params, hf_config=job.pre.hf_config,
+    files = pretrained.save(folder, model, params, hf_config=job.pre.hf_config,
                             tokenizer=job.pre.tokenizer)
     row['export_bytes'] = int(sum(os.path.getsize(os.path.join(folder, f)) for f in files))
   report.write_json(row_path, row)
@@ -209,12 +219,15 @@ def markdown(results: dict[str, Any]) -> str:
            f'(context {results["dense"]["context"]}, stride {results["dense"]["stride"]}).', '',
            head, '|' + '---|' * (head.count('|') - 1)]
   for r in results['rows']:
+    if 'kv_heads_per_layer' in r:
+      continue  # In the structured table below.
     cells = [r['variant'], r['pattern'], f'{r["sparsity"]:.1%}', f'{r["perplexity"]:.2f}',
              f'{r["perplexity"] / dense:.2f}']
     if recover:
       cells.append(f'{r["recovered_perplexity"]:.2f}' if 'recovered_perplexity' in r else '-')
     cells.append(f'{r["prune_seconds"]:.1f}')
     lines.append('| ' + ' | '.join(cells) + ' |')
+  lines += lm_structured.markdown(results['rows'], dense)
   return '\n'.join(lines) + '\n'
 
 

@@ -15,7 +15,27 @@ from bigmodel_jax import pruning
 from bigmodel_jax.compress import phases
 from bigmodel_jax.compress.context import Context
 from bigmodel_jax.config import Variant, parse_overrides
+from bigmodel_jax.pruning import distributions
 from bigmodel_jax.pruning import gradual as gradual_lib
+
+
+def gradual_ramp(ctx: Context) -> tuple[int, int]:
+  """(begin, end) step of the gradual ramp in the retraining phase."""
+  p = ctx.config.prune
+  if p.gradual_begin_step >= 0:
+    return p.gradual_begin_step, p.gradual_end_step
+  begin, end = (int(e * ctx.steps_per_epoch) for e in (p.gradual_begin_epoch,
+                                                        p.gradual_end_epoch))
+  return begin, end
+
+
+def leaf_targets(ctx: Context, params, sparsity: float, prunable) -> dict[str, float]:
+  """`prune.overrides` plus, for `prune.distribution` uniform | erk, every other prunable leaf's
+  own target (`pruning.distributions.spread_overrides`)."""
+  return distributions.spread_overrides(params, sparsity,
+                                        distribution=ctx.config.prune.distribution,
+                                        prunable=prunable,
+                                        overrides=parse_overrides(ctx.config.prune.overrides))
 
 
 def gradual(ctx: Context, run_dir: str, dense_dir: str, dense_state, variant: Variant,
@@ -23,15 +43,11 @@ def gradual(ctx: Context, run_dir: str, dense_dir: str, dense_state, variant: Va
   """Gradual pruning inside one masked retraining phase, from all-True masks."""
   del dense_dir
   p = ctx.config.prune
-  if p.gradual_begin_step >= 0:
-    begin, end = p.gradual_begin_step, p.gradual_end_step
-  else:
-    begin, end = (int(e * ctx.steps_per_epoch) for e in (p.gradual_begin_epoch,
-                                                          p.gradual_end_epoch))
+  begin, end = gradual_ramp(ctx)
   hook = gradual_lib.mask_updater(
       final_sparsity=sparsity, begin_step=begin, end_step=end, frequency=p.gradual_every_steps,
       prunable=prunable, scope=variant.kind, method=variant.score, seed=ctx.config.seed + 1,
-      overrides=parse_overrides(p.overrides))
+      overrides=leaf_targets(ctx, dense_state.params, sparsity, prunable))
   state = phases.retrain(ctx, os.path.join(run_dir, 'retrained'), dense_state.params,
                          pruning.ones_like(dense_state.params), prunable, p.retrain_epochs,
                          before_step=hook, prefix=prefix)

@@ -48,6 +48,12 @@ def select(ctx: Context, variant: Variant, sparsity: float, params, prunable,
     (masks, kept neurons / heads or None, params: SparseGPT's updated ones, else the given ones).
   """
   method = variant.method
+  p = ctx.config.prune
+  if variant.kind == 'nm' and p.nm_skip_indivisible:  # ASP's rule: leave those layers dense.
+    prunable, _ = pruning.nm_prunable(params, variant.m, prunable)
+  if variant.kind in ('global', 'layerwise') and method.score is not None:
+    overrides = pruning.distributions.spread_overrides(
+        params, sparsity, distribution=p.distribution, prunable=prunable, overrides=overrides)
   if method.layer_rule is not None:
     calibration = [b['inputs'] for b in ctx.score_batches()]
     target = ({'n': variant.n, 'm': variant.m} if variant.kind == 'nm'

@@ -12,7 +12,7 @@ import ml_collections
 
 from bigmodel_jax import config as config_lib
 from bigmodel_jax import metrics, pruning, report, training
-from bigmodel_jax.compress import checks, schedules
+from bigmodel_jax.compress import checks, schedules, sparse_training
 from bigmodel_jax.compress import report as sweep_report
 from bigmodel_jax.compress.context import Context
 from bigmodel_jax.config import Variant
@@ -43,7 +43,8 @@ def run_variant(ctx: Context, dense_dir: str, dense_state, variant: Variant, spa
       return cached
   row = {'config_fingerprint': fingerprint, 'variant': variant.name, 'schedule': p.schedule,
          'target_sparsity': sparsity, 'dir': label}
-  params, masks, keep, driver_row = schedules.DRIVERS[p.schedule](
+  driver = sparse_training.DRIVERS.get(p.training, schedules.DRIVERS[p.schedule])
+  params, masks, keep, driver_row = driver(
       ctx, run_dir, dense_dir, dense_state, variant, sparsity, prunable, f'[{label}] ')
   row.update(driver_row)
   stats = pruning.sparsity_stats(params, masks, prunable)

@@ -58,9 +58,9 @@ def read(source: str) -> tuple[dict, Any, Tokenizer | None]:
   """(transformers config, state dict, tokenizer) of a folder or GGUF file, unconverted."""
   path = resolve(source)
   if os.path.isfile(path):
-    from bigmodel_jax.pretrained import gguf_file
+    from bigmodel_jax.pretrained import gguf_file, gguf_tokenizer
     hf_config, state = gguf_file.read(path)
-    return hf_config, state, Tokenizer.from_gguf(gguf_file.tokenizer(path))
+    return hf_config, state, Tokenizer.from_gguf(gguf_tokenizer.tokenizer(path))
   hf_config, state = hf_folder.read(path)
   has_tokenizer = os.path.exists(os.path.join(path, 'tokenizer.json'))
   return hf_config, state, Tokenizer.from_folder(path) if has_tokenizer else None

@@ -69,7 +69,7 @@ class Tokenizer:
 
   @classmethod
   def from_gguf(cls, found) -> 'Tokenizer':
-    """From `gguf_file.tokenizer(path)` (the backend and the special tokens' ids)."""
+    """From `gguf_tokenizer.tokenizer(path)` (the backend and the special tokens' ids)."""
     name = lambda i: None if i is None else found.tokenizer.id_to_token(int(i))
     return cls(found.tokenizer, name(found.bos_token_id), name(found.eos_token_id))
 

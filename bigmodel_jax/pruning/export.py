@@ -5,8 +5,11 @@ One `.npz` file (uncompressed, so its size is the honest storage cost) holds, fo
     row-major order, as float32 or (with `quantize='int8'`) as int8 with one float32 scale per
     output channel (the last axis);
   - other leaves (biases, norms, embeddings): dense.
-A JSON header records shapes, dtypes and the format version. `load_compact` rebuilds the params
-tree; with float32 values it is bit-identical to the masked params, so predictions are equal.
+A JSON header records shapes, dtypes, the format version and the kind of each path entry (dict
+key, integer dict key as NNX uses for `nnx.List` layers, or list index), so `load_compact` rebuilds
+the params tree with lists as lists; with float32 values it is bit-identical to the masked params,
+so predictions are equal. Any tree with array leaves works: Linen params, pure dicts, an
+`nnx.State` (`load_compact(path, like=nnx.state(model, nnx.Param))` gives one back).
 """
 
 import json
@@ -17,20 +20,51 @@ import jax
 import numpy as np
 
 from bigmodel_jax.pruning import masks as masks_lib
+from bigmodel_jax.tree import path_str
 
 FORMAT_VERSION = 1
 QUANTIZE = ('none', 'int8')
 
 
-def _nest(flat: dict[str, np.ndarray]) -> dict[str, Any]:
-  tree: dict[str, Any] = {}
+def _kinds(tree: Any) -> list[str]:
+  """Per leaf, one letter per path entry: 's' a key or field, 'i' an integer dict key, 'l' a
+  list or tuple index (the `.value` inside an NNX Variable is no entry, as in `path_str`)."""
+  result = []
+  for path, _ in jax.tree_util.tree_leaves_with_path(tree):
+    names = path_str(path).split('/')
+    kinds = ''.join('l' if isinstance(k, jax.tree_util.SequenceKey)
+                    else 'i' if isinstance(getattr(k, 'key', None), int) else 's'
+                    for k in path[:len(names)])
+    result.append(kinds)
+  return result
+
+
+def _nest(flat: dict[str, np.ndarray], kinds: dict[str, str]) -> dict[str, Any]:
+  """The nested tree of `flat` ({path: array}); entries of kind 'l' become lists."""
+  tree: dict[Any, Any] = {}
+  lists = set()
   for path, value in flat.items():
-    node = tree
-    *parents, leaf = path.split('/')
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = value
-  return tree
+    node, prefix = tree, ()
+    names = path.split('/')
+    kind = kinds.get(path) or 's' * len(names)  # Files before kinds were recorded: all keys.
+    for i, (name, k) in enumerate(zip(names, kind, strict=True)):
+      key = int(name) if k in 'il' else name
+      if k == 'l':
+        lists.add(prefix)
+      prefix = (*prefix, key)
+      if i == len(names) - 1:
+        node[key] = value
+      else:
+        node = node.setdefault(key, {})
+
+  def listify(node, prefix):
+    if not isinstance(node, dict):
+      return node
+    children = {k: listify(v, (*prefix, k)) for k, v in node.items()}
+    if prefix in lists:
+      return [children[i] for i in range(len(children))]
+    return children
+  return listify(tree, ())
 
 
 def save_compact(path: str, params: Any, masks: Any, prunable: Any | None = None, *,
@@ -43,20 +77,26 @@ def save_compact(path: str, params: Any, masks: Any, prunable: Any | None = None
     prunable: tree of bools saying which leaves to store sparse (default: every leaf that has a
       masked-out entry).
     quantize: 'none' (float32 values) or 'int8' (symmetric, per output channel).
+
+  Raises:
+    ValueError: masks not bool, of another shape or matched to no leaf (`masks.check_masks`).
   """
   if quantize not in QUANTIZE:
-    raise ValueError(f'quantize={quantize!r}; use one of: {", ".join(QUANTIZE)}.')
-  params, masks = jax.device_get(params), jax.device_get(masks)
+    raise ValueError(f'save_compact: quantize={quantize!r}; use one of: {", ".join(QUANTIZE)}.')
+  masks = masks_lib.check_masks(params, masks, 'save_compact')
   paths = masks_lib.leaf_paths(params)
+  kinds = _kinds(params)
+  params, masks = jax.device_get(params), jax.device_get(masks)
   leaves, mask_leaves = jax.tree.leaves(params), jax.tree.leaves(masks)
-  flags = (jax.tree.leaves(prunable) if prunable is not None
+  flags = (masks_lib.check_flags(params, prunable, 'save_compact') if prunable is not None
            else [not np.all(m) for m in mask_leaves])
   arrays, header = {}, {'version': FORMAT_VERSION, 'quantize': quantize, 'leaves': {}}
   dense_bytes = 0
-  for name, x, m, flag in zip(paths, leaves, mask_leaves, flags, strict=True):
-    x, m = np.asarray(x), np.asarray(m, bool)
+  for name, kind, x, m, flag in zip(paths, kinds, leaves, mask_leaves, flags, strict=True):
+    x, m = np.asarray(x), np.asarray(m)
     dense_bytes += x.size * 4
-    header['leaves'][name] = {'shape': list(x.shape), 'dtype': str(x.dtype), 'sparse': bool(flag)}
+    header['leaves'][name] = {'shape': list(x.shape), 'dtype': str(x.dtype), 'sparse': bool(flag),
+                              'kinds': kind}
     if not flag:
       arrays[f'{name}::dense'] = x
       continue
@@ -79,8 +119,15 @@ def save_compact(path: str, params: Any, masks: Any, prunable: Any | None = None
   return {'file_bytes': os.path.getsize(path), 'dense_float32_bytes': dense_bytes}
 
 
-def load_compact(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
-  """Reads a file of `save_compact`: (params as a nested dict of numpy arrays, masks alike)."""
+def load_compact(path: str, like: Any = None) -> tuple[Any, Any]:
+  """Reads a file of `save_compact`: (params, masks) as numpy arrays.
+
+  Args:
+    path: the file.
+    like: optional tree of the saved structure (e.g. `nnx.state(model, nnx.Param)`, or abstract
+      arrays): params and masks come back in its structure, matched by path and shape-checked.
+      Without it, nested dicts (integer keys where the saved tree had them, lists for lists).
+  """
   with np.load(path) as data:
     header = json.loads(bytes(data['__header__']).decode())
     if header.get('version') != FORMAT_VERSION:
@@ -104,4 +151,17 @@ def load_compact(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
       else:
         full[mask] = values
       params[name], masks[name] = full.astype(dtype), mask
-  return _nest(params), _nest(masks)
+  kinds = {name: info.get('kinds') for name, info in header['leaves'].items()}
+  if like is None:
+    return _nest(params, kinds), _nest(masks, kinds)
+  return _like(like, params, 'params'), _like(like, masks, 'masks')
+
+
+def _like(like: Any, flat: dict[str, np.ndarray], what: str) -> Any:
+  """`flat` ({path: array}) in the structure of `like`, shapes checked."""
+  leaves = masks_lib.align(like, _nest(flat, {}), what=f'the file\'s {what}', fn='load_compact')
+  for name, x, ref in zip(masks_lib.leaf_paths(like), leaves, jax.tree.leaves(like), strict=True):
+    if tuple(x.shape) != tuple(np.shape(ref)):
+      raise ValueError(f'load_compact: {name} has shape {tuple(x.shape)} in the file, '
+                       f'{tuple(np.shape(ref))} in like.')
+  return jax.tree.unflatten(jax.tree.structure(like), leaves)

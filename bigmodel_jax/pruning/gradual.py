@@ -22,6 +22,12 @@ def mask_updater(*, final_sparsity: float, begin_step: int, end_step: int, frequ
                  overrides: Mapping[str, float] | None = None):
   """A state -> state hook that prunes on the polynomial schedule (see `schedules`).
 
+  For `train.train_step(state, batch, before_step=hook)`: `state` is the library's
+  `train_state.TrainState` (it reads `step`, `params`, `masks`, `opt_state`, `tx` and writes
+  new `params`, `masks` and `opt_state`, whose moments of newly pruned weights are zeroed and
+  whose carried masks, for `masked(..., masks=...)`, are replaced). `prunable` is matched to
+  the params by path.
+
   Args:
     final_sparsity: sparsity reached at `end_step` and kept afterwards.
     begin_step, end_step, frequency: masks change on begin_step + i * frequency and end_step.
@@ -37,13 +43,14 @@ def mask_updater(*, final_sparsity: float, begin_step: int, end_step: int, frequ
     ConfigError: a sparsity outside [0, 1), or an override pattern that matches no prunable
       leaf (or a leaf that two patterns match).
   """
-  selection.check_sparsity(final_sparsity, 'final_sparsity')
+  selection.check_sparsity(final_sparsity, 'mask_updater: final_sparsity')
+  selection.check_sparsity(initial_sparsity, 'mask_updater: initial_sparsity')
   overrides = dict(overrides or {})
   for pattern, value in overrides.items():
-    selection.check_sparsity(value, f'the sparsity override {pattern!r}')
+    selection.check_sparsity(value, f'mask_updater: overrides[{pattern!r}]')
   masks_lib.overrides_by_leaf(prunable, prunable, overrides)  # Fails early on a bad pattern.
   if method not in methods.supporting(schedule='gradual'):
-    raise ValueError('Gradual pruning scores by '
+    raise ValueError('mask_updater: method must be one of '
                      f'{", ".join(methods.supporting(schedule="gradual"))}; got {method!r}.')
   kwargs = dict(begin_step=begin_step, end_step=end_step, frequency=frequency)
 

@@ -12,9 +12,10 @@
     random       uniform noise: the control every method has to beat
 
 The registry of methods (`pruning.methods`) maps each name to one of these. `loss_fn(params,
-batch) -> scalar` is the mean loss on a batch; `batches` is an iterable of
-batches (e.g. a few training batches). Neuron scores for structured pruning sum a weight score
-over each neuron's incoming weights (`pruning.structured`).
+batch) -> scalar` is the mean loss on a batch; `batches` is an iterable of batches (e.g. a few
+training batches) of any pytree form whose leaves all have the batch size as their leading axis
+(`batch_loss_fn` builds a loss for any split and model call). Neuron scores for structured
+pruning sum a weight score over each neuron's incoming weights (`pruning.structured`).
 """
 
 from collections.abc import Callable, Iterable
@@ -23,17 +24,26 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from bigmodel_jax import losses
+from bigmodel_jax import conventions, losses
 
-BatchLoss = Callable[[Any, dict[str, jax.Array]], jax.Array]
+BatchLoss = Callable[[Any, Any], jax.Array]
 
 
-def batch_loss_fn(apply_fn: Callable[..., jax.Array],
-                  loss=losses.cross_entropy) -> BatchLoss:
-  """(params, batch) -> mean loss of the model on batch {'inputs', 'targets'} (no dropout)."""
+def batch_loss_fn(apply_fn: Callable[..., jax.Array], loss=losses.cross_entropy, *,
+                  split_batch: conventions.SplitBatch = conventions.split_batch,
+                  apply_model: conventions.ApplyModel = conventions.apply_model) -> BatchLoss:
+  """(params, batch) -> mean loss of the model on a batch (no dropout: `train=False`).
+
+  Args:
+    apply_fn: the model's apply function.
+    loss: per-example loss (logits, targets) -> [batch].
+    split_batch: batch -> (inputs, targets); default {'inputs', 'targets'}.
+    apply_model: how to call the model (`conventions`); `conventions.apply_without_train` for a
+      model without a `train` argument.
+  """
   def loss_fn(params, batch):
-    logits = apply_fn({'params': params}, batch['inputs'], train=False)
-    return jnp.mean(loss(logits, batch['targets']))
+    inputs, targets = split_batch(batch)
+    return jnp.mean(loss(apply_model(apply_fn, params, inputs, train=False), targets))
   return loss_fn
 
 
@@ -72,7 +82,11 @@ def _per_example_sq_grads(loss_fn: BatchLoss, micro_batch: int):
     return jax.grad(loss_fn)(params, single)
 
   def fn(params, batch):
-    n = batch['targets'].shape[0]
+    sizes = {jnp.shape(x)[0] if jnp.ndim(x) else None for x in jax.tree.leaves(batch)}
+    if len(sizes) != 1 or None in sizes:
+      raise ValueError(f'sensitivity: every leaf of a batch needs the batch size as its leading '
+                       f'axis (examples are taken along it); got leading sizes {sizes}.')
+    n = sizes.pop()
     size = min(micro_batch, n)
     usable = n - n % size
     micro = jax.tree.map(lambda x: x[:usable].reshape(usable // size, size, *x.shape[1:]), batch)

@@ -10,8 +10,14 @@ sorted, scanned or gathered, so sharded scores (any PartitionSpec, Auto or Expli
 selected shard by shard with scalar all-reduces, exactly as on one device. Everything here is
 jittable; `sparsity` may be a traced scalar, which is how gradual pruning updates masks inside
 the compiled train step.
+
+Checked inputs: a Python sparsity outside [0, 1) (or NaN) raises a ConfigError at once; a traced
+one is checked when the computation runs (a host callback raises, which surfaces as a
+`JaxRuntimeError` naming the argument), and is clamped to [0, 1] meanwhile so nothing
+out of range reaches the counts. NaN scores rank lowest: they are pruned first.
 """
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -19,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bigmodel_jax import logs
 from bigmodel_jax.errors import ConfigError
 from bigmodel_jax.pruning import masks as masks_lib
 
@@ -26,15 +33,37 @@ SCOPES = ('global', 'layerwise')
 
 
 def check_sparsity(sparsity: float, what: str = 'sparsity') -> None:
-  if not isinstance(sparsity, int | float) or not 0 <= sparsity < 1:
+  """Raises ConfigError unless `sparsity` is a Python number in [0, 1) (NaN is not)."""
+  if isinstance(sparsity, bool) or not isinstance(sparsity, int | float) or not 0 <= sparsity < 1:
     raise ConfigError(f'{what}={sparsity!r} is invalid: it must be a number in [0, 1).')
+
+
+def _raise_if_invalid(what: str, value) -> None:
+  value = np.asarray(value)
+  if not np.all((value >= 0) & (value < 1)):  # False for NaN too.
+    raise ConfigError(f'{what}={value.tolist()!r} is invalid: it must be a number in [0, 1).')
+
+
+def checked_sparsity(sparsity, what: str = 'sparsity'):
+  """A sparsity ready for counting: a Python number is checked now (`check_sparsity`); a traced
+  one is checked when the computation runs (a host callback raises ConfigError, surfacing as a
+  JaxRuntimeError) and clamped to [0, 1] (NaN to 0) so the counts stay in range meanwhile."""
+  if isinstance(sparsity, int | float):
+    check_sparsity(sparsity, what)
+    return sparsity
+  value = jnp.asarray(sparsity, jnp.float32)
+  jax.debug.callback(functools.partial(_raise_if_invalid, what), value)
+  return jnp.clip(jnp.nan_to_num(value, nan=0.0), 0.0, 1.0)
 
 
 def sortable_keys(scores: jax.Array) -> jax.Array:
   """uint32 keys with the order of the float32 scores (negatives, -0/+0 and inf included)."""
-  bits = jax.lax.bitcast_convert_type(scores.astype(jnp.float32), jnp.uint32)
+  scores = scores.astype(jnp.float32)
+  bits = jax.lax.bitcast_convert_type(scores, jnp.uint32)
   negative = (bits >> 31) == 1
-  return jnp.where(negative, ~bits, bits | jnp.uint32(0x80000000))
+  keys = jnp.where(negative, ~bits, bits | jnp.uint32(0x80000000))
+  # NaN gets key 0, below -inf's (0x007fffff): a NaN score ranks lowest and is pruned first.
+  return jnp.where(jnp.isnan(scores), jnp.uint32(0), keys)
 
 
 def kth_smallest_key(keys: Sequence[jax.Array], k, bits: int = 32) -> jax.Array:
@@ -134,11 +163,14 @@ def masks_from_scores(scores: Any, sparsity, *, scope: str = 'global', prunable:
   """Keep-masks pruning the lowest-scoring fraction `sparsity` of the prunable entries.
 
   Args:
-    scores: a tree like the params (float scores; lower = less important).
-    sparsity: fraction in [0, 1) to prune (Python float, or a traced scalar inside jit).
+    scores: a tree like the params (float scores; lower = less important; NaN lowest). A Linen
+      params dict, a pure dict or an `nnx.State`; the masks have its structure.
+    sparsity: fraction in [0, 1) to prune (Python float, or a traced scalar inside jit, checked
+      when it runs: see the module docstring).
     scope: 'global' ranks all prunable leaves together; 'layerwise' prunes each leaf by the same
       fraction.
-    prunable: a tree of Python bools (`masks.prunable_tree`); default every leaf.
+    prunable: a tree of Python bools (`masks.prunable_tree`), matched to `scores` by path;
+      default every floating-point leaf. A prunable leaf with integer scores is an error.
     overrides: {path pattern: sparsity}: matching leaves are pruned layer-wise at their own
       sparsity (a Python float or a traced scalar) and take no part in the global ranking.
 
@@ -148,15 +180,20 @@ def masks_from_scores(scores: Any, sparsity, *, scope: str = 'global', prunable:
   """
   if scope not in SCOPES:
     raise ConfigError(f'scope={scope!r} is not accepted; use one of: {", ".join(SCOPES)}.')
-  if isinstance(sparsity, int | float):
-    check_sparsity(sparsity)
-  for value in (overrides or {}).values():
-    if isinstance(value, int | float):  # Traced values (gradual pruning) are checked upstream.
-      check_sparsity(value, 'a sparsity override')
+  sparsity = checked_sparsity(sparsity, 'masks_from_scores: sparsity')
+  overrides = {pattern: checked_sparsity(value, f'masks_from_scores: overrides[{pattern!r}]')
+               for pattern, value in (overrides or {}).items()}
   leaves, treedef = jax.tree.flatten(scores)
+  paths = masks_lib.leaf_paths(scores)
   if prunable is None:
-    prunable = jax.tree.unflatten(treedef, [True] * len(leaves))
-  flags = jax.tree.leaves(prunable)
+    flags = [masks_lib.is_float(s) for s in leaves]
+  else:
+    flags = masks_lib.check_flags(scores, prunable, 'masks_from_scores')
+    for path, score, flag in zip(paths, leaves, flags, strict=True):
+      if flag and not masks_lib.is_float(score):
+        raise ValueError(f'masks_from_scores: scores at {path} have dtype {score.dtype}, but '
+                         'prunable marks it; only floating-point leaves can be pruned.')
+  prunable = jax.tree.unflatten(treedef, flags)
   per_leaf = masks_lib.overrides_by_leaf(scores, prunable, overrides)
   result = [jnp.ones_like(s, dtype=jnp.bool_) for s in leaves]  # Laid out as the scores.
   group = []
@@ -206,10 +243,55 @@ def nm_mask(scores: jax.Array, n: int, m: int, path: str = 'a kernel') -> jax.Ar
   return (rank < n).reshape(shape)
 
 
-def nm_masks(scores: Any, n: int, m: int, *, prunable: Any = None) -> Any:
-  """`nm_mask` on every prunable leaf; others stay all True. Sparsity is exactly 1 - n/m."""
-  leaves, treedef = jax.tree.flatten(scores)
+def nm_divisible(shape: Sequence[int], m: int) -> bool:
+  """Whether a kernel of `shape` has an input dimension (axis -2) that N:M groups of m fill."""
+  return len(shape) >= 2 and shape[-2] % m == 0
+
+
+def nm_prunable(params: Any, m: int, prunable: Any = None) -> tuple[Any, list[str]]:
+  """(prunable without the leaves N:M cannot group, their paths), as NVIDIA's ASP skips them.
+
+  A leaf is left out when its input dimension (axis -2) does not divide by m; the skipped
+  paths are also logged in one line (`logs.say`). Use the returned tree as `prunable` of any
+  N:M pruning (`nm_masks`, `oneshot.prune(n=, m=)`).
+  """
+  leaves, treedef = jax.tree.flatten(params)
   flags = jax.tree.leaves(prunable) if prunable is not None else [True] * len(leaves)
+  paths = masks_lib.leaf_paths(params)
+  skipped = [p for p, x, f in zip(paths, leaves, flags, strict=True)
+             if f and not nm_divisible(jnp.shape(x), m)]
+  if skipped:
+    logs.say(f'N:M with M={m} leaves dense {len(skipped)} layer(s) whose input dimension does '
+             f'not divide by {m}: {", ".join(skipped)}')
+  kept = [bool(f) and p not in skipped for p, f in zip(paths, flags, strict=True)]
+  return jax.tree.unflatten(treedef, kept), skipped
+
+
+def nm_masks(scores: Any, n: int, m: int, *, prunable: Any = None,
+             skip_indivisible: bool = False, skipped: list[str] | None = None) -> Any:
+  """`nm_mask` on every prunable leaf; others stay all True. Sparsity is exactly 1 - n/m.
+
+  Args:
+    scores: a score tree like the params.
+    n, m: keep n of every m consecutive entries along the input dimension.
+    prunable: tree of bools; default every leaf.
+    skip_indivisible: leave dense (all True) the prunable leaves whose input dimension does not
+      divide by m, as NVIDIA's ASP does, instead of raising (`nm_prunable`: their paths are
+      logged and appended to `skipped`).
+    skipped: a list that receives the paths of the leaves left dense.
+
+  Raises:
+    ConfigError: a prunable leaf's input dimension does not divide by m and `skip_indivisible`
+      is False.
+  """
+  check_nm(n, m)
+  if skip_indivisible:
+    prunable, left_dense = nm_prunable(scores, m, prunable)
+    if skipped is not None:
+      skipped.extend(left_dense)
+  leaves, treedef = jax.tree.flatten(scores)
+  flags = (masks_lib.check_flags(scores, prunable, 'nm_masks') if prunable is not None
+           else [True] * len(leaves))
   paths = masks_lib.leaf_paths(scores)
   out = [nm_mask(s, n, m, p) if f else jnp.ones(s.shape, jnp.bool_)
          for s, f, p in zip(leaves, flags, paths, strict=True)]
