@@ -109,6 +109,8 @@ def _patches(patcher, x, fan_in: int) -> jax.Array:
 
 def _einsum(module, x, args, kwargs):
   spec = kwargs.get('einsum_str', args[1] if len(args) > 1 else None) or module.einsum_str
+  if not isinstance(spec, str) or '->' not in spec or spec.count(',') != 1:
+    return f'nn.Einsum with einsum_str={spec!r} (not "input,kernel->output")', None
   spec = spec.replace(' ', '')
   lhs, out = spec.split('->')
   given, kernel = lhs.split(',')
