@@ -72,9 +72,9 @@ def test_one_shot_methods_prune_exactly_and_sparsegpt_loses_least(trained, targe
 def test_only_dense_kernels_can_be_pruned_one_shot(trained):
   model, params, calibration, _, _ = trained
   prunable = pruning.prunable_tree(params, ('wte/embedding',))
-  with pytest.raises(ConfigError, match='nn.Dense kernels only'):
+  with pytest.raises(ConfigError, match='not the kernel of a linear-like layer'):
     oneshot.prune(model.apply, params, calibration, method='wanda', prunable=prunable,
                   sparsity=0.5)
-  with pytest.raises(ConfigError, match='One-shot method'):
+  with pytest.raises(ConfigError, match='not a one-shot method'):
     oneshot.prune(model.apply, params, calibration, method='obs', prunable=prunable,
                   sparsity=0.5)

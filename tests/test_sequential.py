@@ -79,7 +79,7 @@ def test_sharded_params_give_the_same_masks(setup):
 def test_bad_requests_say_what_is_wrong(setup):
   model, params, windows = setup
   cases = {
-      "One-shot method 'obs'": dict(method='obs', sparsity=0.5),
+      "method='obs' is not a one-shot method": dict(method='obs', sparsity=0.5),
       'does not apply to N:M': dict(method='wanda', n=2, m=4, owl=sequential.Owl()),
       "no layer 'mlp/fc'": dict(method='wanda', sparsity=0.5, layers=('mlp/fc',)),
       'lower lam': dict(method='wanda', sparsity=0.97, owl=sequential.Owl(lam=0.2)),
@@ -92,3 +92,65 @@ def test_bad_requests_say_what_is_wrong(setup):
     sequential.prune(gpt, {}, windows, method='wanda', sparsity=0.5)
   with pytest.raises(ConfigError, match='too few'):
     sequential.calibration_windows(np.arange(10), 4, 16, seed=0)
+
+
+class _Inner(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    up = nn.Dense(x.shape[-1], name='up')  # Called twice: shared weights.
+    return nn.Dense(x.shape[-1], name='down')(nn.relu(up(nn.relu(up(x)))))
+
+
+class _Mlp(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    return _Inner(name='inner')(x)
+
+
+class _Block(nn.Module):
+  @nn.compact
+  def __call__(self, x, positions):
+    del positions
+    x = x + nn.MultiHeadDotProductAttention(num_heads=2, name='attn')(x)
+    return x + _Mlp(name='mlp')(x)
+
+
+class _TinyLM(nn.Module):
+  """A user's LM with embed / block(i): Flax attention (DenseGeneral) and a nested shared MLP."""
+  num_layers: int = 2
+
+  def setup(self):
+    self.wte = nn.Embed(16, 8)
+    self.blocks = [self.block(i) for i in range(self.num_layers)]
+
+  @nn.nowrap
+  def block(self, i):
+    return _Block(name=f'block_{i}')
+
+  def embed(self, tokens):
+    return self.wte(tokens)
+
+  def __call__(self, tokens):
+    x = self.embed(tokens)
+    for block in self.blocks:
+      x = block(x, jnp.arange(tokens.shape[1]))
+    return self.wte.attend(x)
+
+
+@pytest.mark.parametrize('method', ['wanda', 'sparsegpt'])
+def test_any_linear_layer_at_any_depth_of_a_block(method):
+  model = _TinyLM()
+  windows = sequential.calibration_windows(np.random.default_rng(3).integers(0, 16, 500), 8, 12,
+                                           seed=0)
+  params = model.init(jax.random.PRNGKey(0), windows[:1])['params']
+  layers = ('attn/query', 'attn/out', 'mlp/inner/up', 'mlp/inner/down')
+  ours, masks, _ = sequential.prune(model, params, windows, method=method, sparsity=0.5,
+                                    layers=layers, batch_size=4, block_size=8)
+  chosen = tuple(f'block_*/{name}/kernel' for name in layers)
+  theirs, their_masks = oneshot.prune(model.apply, params, [windows[:4], windows[4:]],
+                                      method=method, prunable=masks_lib.prunable_tree(
+                                          params, chosen), sparsity=0.5, block_size=8)
+  jax.tree.map(np.testing.assert_array_equal, masks, their_masks)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), ours, theirs)
+  out = np.asarray(masks['block_1']['attn']['out']['kernel'])  # [heads, head_dim, embed]
+  assert out.shape == (2, 4, 8) and out.mean() == 0.5

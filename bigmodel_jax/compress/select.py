@@ -15,6 +15,7 @@ import numpy as np
 from bigmodel_jax import pruning
 from bigmodel_jax.compress.context import Context
 from bigmodel_jax.config import Variant
+from bigmodel_jax.errors import ConfigError
 
 
 def _global_or_layerwise(scores, variant, sparsity, params, prunable, overrides):
@@ -57,9 +58,14 @@ def select(ctx: Context, variant: Variant, sparsity: float, params, prunable,
     calibration = [b['inputs'] for b in ctx.score_batches()]
     target = ({'n': variant.n, 'm': variant.m} if variant.kind == 'nm'
               else {'sparsity': sparsity})
-    params, masks = pruning.oneshot.prune(ctx.model.apply, params, calibration,
-                                          method=method.layer_rule, prunable=prunable,
-                                          log=ctx.console.line, **target)
+    try:
+      params, masks = pruning.oneshot.prune(ctx.model.apply, params, calibration,
+                                            method=method.layer_rule, prunable=prunable,
+                                            log=ctx.console.line, **target)
+    except ConfigError as error:  # Its errors name its arguments; say which key sets them.
+      if 'prunable' not in str(error):
+        raise
+      raise ConfigError(f'{error} (prune.include chooses the prunable kernels.)') from error
     return masks, None, params
   if variant.kind == 'heads':
     return _head_masks(ctx, variant, sparsity, params, previous_masks) + (params,)

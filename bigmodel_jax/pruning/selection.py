@@ -4,8 +4,12 @@ Lower scores are pruned first. Selecting the k lowest of n scores never sorts: t
 value is found bit by bit on an order-preserving uint32 view of the float32 scores (32 counting
 passes, each a sum that also adds up across devices when the scores are sharded), everything
 below it is pruned, and ties at it are broken by position (tree order, then row-major) so that
-exactly k entries go. Everything here is jittable; `sparsity` may be a traced scalar, which is
-how gradual pruning updates masks inside the compiled train step.
+exactly k entries go: each leaf's share of the ties is a count, and only the one leaf where the
+tie quota runs out searches the position of its last pruned tie, again by counting. Nothing is
+sorted, scanned or gathered, so sharded scores (any PartitionSpec, Auto or Explicit mesh) are
+selected shard by shard with scalar all-reduces, exactly as on one device. Everything here is
+jittable; `sparsity` may be a traced scalar, which is how gradual pruning updates masks inside
+the compiled train step.
 
 Checked inputs: a Python sparsity outside [0, 1) (or NaN) raises a ConfigError at once; a traced
 one is checked when the computation runs (a host callback raises, which surfaces as a
@@ -62,10 +66,12 @@ def sortable_keys(scores: jax.Array) -> jax.Array:
   return jnp.where(jnp.isnan(scores), jnp.uint32(0), keys)
 
 
-def kth_smallest_key(keys: Sequence[jax.Array], k) -> jax.Array:
+def kth_smallest_key(keys: Sequence[jax.Array], k, bits: int = 32) -> jax.Array:
   """The smallest key value t with count(keys <= t) >= k, over all arrays in `keys` (k >= 1).
 
-  For k = 0 it returns 0, below which nothing lies, so callers need no special case.
+  Keys are uint32 below 2**bits. For k = 0 it returns 0, below which nothing lies, so callers
+  need no special case. Each of the `bits` passes is one count per array: a reduction, which
+  stays local to each shard plus one scalar all-reduce when the keys are sharded.
   """
   k = jnp.asarray(k, jnp.int32)
 
@@ -73,26 +79,67 @@ def kth_smallest_key(keys: Sequence[jax.Array], k) -> jax.Array:
     return sum(jnp.sum(x <= t, dtype=jnp.int32) for x in keys)
 
   def body(i, prefix):
-    bit = jnp.uint32(31) - i.astype(jnp.uint32)
+    bit = jnp.uint32(bits - 1) - i.astype(jnp.uint32)
     low = prefix | ((jnp.uint32(1) << bit) - jnp.uint32(1))  # Bit `bit` clear, lower bits set.
     return jnp.where(count_at_most(low) >= k, prefix, prefix | (jnp.uint32(1) << bit))
 
-  return jax.lax.fori_loop(0, 32, body, jnp.uint32(0))
+  return jax.lax.fori_loop(0, bits, body, jnp.uint32(0))
+
+
+def _positions(key: jax.Array) -> jax.Array:
+  """Row-major position of every entry of `key`: uint32, laid out (sharded) as `key` is.
+
+  Built from one iota per axis, so no reshape or scan crosses shards.
+  """
+  shape = key.shape
+  sharding = getattr(jax.typeof(key), 'sharding', None)
+  explicit = sharding is not None and any(
+      t == jax.sharding.AxisType.Explicit for t in getattr(sharding.mesh, 'axis_types', ()))
+  out = jnp.zeros(shape, jnp.uint32)
+  stride = 1
+  for axis in reversed(range(len(shape))):
+    iota = jax.lax.broadcasted_iota(jnp.uint32, shape, axis,
+                                    out_sharding=sharding if explicit else None)
+    out = out + iota * jnp.uint32(stride)
+    stride *= shape[axis]
+  return out
+
+
+def _earliest_ties(tie: jax.Array, r) -> jax.Array:
+  """The first r True entries of `tie` in row-major order (0 < r < count(tie)), as a bool mask.
+
+  The position of the r-th tie is searched bit by bit (as `kth_smallest_key`): counting passes
+  over the array, never a cumulative sum, which would need the whole array on one device.
+  """
+  size = int(np.prod(tie.shape))
+  if size >= 2**32 - 1:
+    raise ConfigError(f'A leaf of {size} entries is too large for exact selection (< 2**32).')
+  positions = _positions(tie)
+  tie_positions = jnp.where(tie, positions, jnp.uint32(size))  # Non-ties sort after all ties.
+  last = kth_smallest_key([tie_positions], r, bits=size.bit_length())
+  return tie & (positions <= last)
 
 
 def lowest_k_masks(scores: Sequence[jax.Array], k) -> list[jax.Array]:
-  """Keep-masks (bool) for `scores` that prune exactly the k lowest entries over all arrays."""
+  """Keep-masks (bool) for `scores` that prune exactly the k lowest entries over all arrays.
+
+  Ties at the threshold go by position: tree order, then row-major. Every step is a count or an
+  elementwise op, so the masks come out laid out (sharded) as the scores, on Auto and Explicit
+  meshes alike, and the result does not depend on the layout.
+  """
   keys = [sortable_keys(s) for s in scores]
   threshold = kth_smallest_key(keys, k)
   below = [x < threshold for x in keys]
+  ties = [x == threshold for x in keys]
   ties_needed = jnp.asarray(k, jnp.int32) - sum(jnp.sum(b, dtype=jnp.int32) for b in below)
-  masks, offset = [], jnp.int32(0)
-  for key, low in zip(keys, below, strict=True):
-    tie = (key == threshold).ravel()
-    rank = jnp.cumsum(tie, dtype=jnp.int32) - 1 + offset  # Position among all ties so far.
-    pruned_tie = (tie & (rank < ties_needed)).reshape(key.shape)
-    masks.append(~(low | pruned_tie))
-    offset = offset + jnp.sum(tie, dtype=jnp.int32)
+  masks, before = [], jnp.int32(0)  # Ties in the leaves before this one.
+  for low, tie in zip(below, ties, strict=True):
+    count = jnp.sum(tie, dtype=jnp.int32)
+    r = jnp.clip(ties_needed - before, 0, count)  # This leaf's share of the ties to prune.
+    pruned_ties = jax.lax.cond(
+        (r > 0) & (r < count), _earliest_ties, lambda t, r: t & (r > 0), tie, r)
+    masks.append(~(low | pruned_ties))
+    before = before + count
   return masks
 
 
@@ -148,7 +195,7 @@ def masks_from_scores(scores: Any, sparsity, *, scope: str = 'global', prunable:
                          'prunable marks it; only floating-point leaves can be pruned.')
   prunable = jax.tree.unflatten(treedef, flags)
   per_leaf = masks_lib.overrides_by_leaf(scores, prunable, overrides)
-  result = [jnp.ones(jnp.shape(s), jnp.bool_) for s in leaves]
+  result = [jnp.ones_like(s, dtype=jnp.bool_) for s in leaves]  # Laid out as the scores.
   group = []
   for i, (score, flag, override) in enumerate(zip(leaves, flags, per_leaf, strict=True)):
     if not flag:

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bigmodel_jax.errors import ConfigError
-from bigmodel_jax.pruning import layerwise, oneshot
+from bigmodel_jax.pruning import layerwise, linear, oneshot
 
 # The linear layers of a block that one-shot pruning takes (never embeddings, norms or the head).
 LAYERS = ('attn/query', 'attn/key', 'attn/value', 'attn/out', 'mlp/gate', 'mlp/up', 'mlp/down')
@@ -71,33 +71,49 @@ def calibration_windows(tokens, num: int, length: int, seed: int) -> np.ndarray:
   return np.stack([tokens[s:s + length] for s in starts])
 
 
-def _kernel_inputs(block: nn.Module, block_params, x, positions, layers):
-  """Runs one block; ({layer: its input [tokens, in]} for `layers`, block output)."""
-  seen = {}
+def _layer_rows(block: nn.Module, block_params, x, positions, layers):
+  """Runs one block; {layer: [its input rows [N, fan_in] of every call]} for `layers`, and
+  {layer: its kernel view} (`linear`: any linear-like layer, each call of a shared one)."""
+  rows = {name: [] for name in layers}
+  views = {}
+  apply = lambda variables, x: block.apply(variables, x, positions)
+  for call in linear.calls(apply, {'params': block_params}, x):
+    name = call.path[:-len('/kernel')]
+    if name in rows:
+      if call.view is None:
+        raise ConfigError(f'layers holds {name!r}, a layer one-shot pruning cannot take as one '
+                          f'matrix: {call.refused}.')
+      rows[name].append(call.rows)
+      views[name] = call.view
+  return rows, views
 
-  def capture(next_fun, args, kwargs, context):
-    if isinstance(context.module, nn.Dense) and context.method_name == '__call__':
-      name = '/'.join(context.module.path[-2:])
-      if name in layers:
-        seen.setdefault(name, args[0].reshape(-1, args[0].shape[-1]))
-    return next_fun(*args, **kwargs)
-  with nn.intercept_methods(capture):
-    out = block.apply({'params': block_params}, x, positions)
-  return seen, out
+
+def _views(block, block_params, x, layers) -> dict[str, linear.KernelView]:
+  """The kernel views of `layers` (shapes only)."""
+  views = {}
+  jax.eval_shape(lambda p, x: views.update(
+      _layer_rows(block, p, x, jnp.arange(x.shape[1]), layers)[1]), block_params, x)
+  missing = [name for name in layers if name not in views]
+  if missing:
+    raise ConfigError(f'layers holds {missing[0]!r}, which the block never calls as a '
+                      'linear-like layer (nn.Dense, nn.DenseGeneral, nn.Conv, nn.Einsum).')
+  return views
 
 
 @functools.partial(jax.jit, static_argnames=('block', 'layers', 'need_xtx'))
 def _accumulate(block, block_params, x, stats, *, layers, need_xtx):
   positions = jnp.arange(x.shape[1])
-  seen, _ = _kernel_inputs(block, block_params, x, positions, layers)
+  seen, _ = _layer_rows(block, block_params, x, positions, layers)
   out = {}
   for name in layers:
-    inputs = seen[name].astype(jnp.float32)
     s = stats[name]
-    xtx = s.xtx + jnp.matmul(inputs.T, inputs, precision=jax.lax.Precision.HIGHEST) \
-        if need_xtx else s.xtx
-    out[name] = layerwise.LayerStats(s.sq_norm + jnp.sum(inputs * inputs, 0), xtx,
-                                     s.count + inputs.shape[0])
+    for inputs in seen[name]:
+      inputs = inputs.astype(jnp.float32)
+      xtx = s.xtx + jnp.matmul(inputs.T, inputs, precision=jax.lax.Precision.HIGHEST) \
+          if need_xtx else s.xtx
+      s = layerwise.LayerStats(s.sq_norm + jnp.sum(inputs * inputs, 0), xtx,
+                               s.count + inputs.shape[0])
+    out[name] = s
   return out
 
 
@@ -115,8 +131,9 @@ def _get(tree, name):
 def _block_stats(block, block_params, hidden, layers, need_xtx, batch_size):
   """Statistics of the inputs of `layers` of one block over all hidden states [N, L, E]."""
   stats = {}
+  views = _views(block, block_params, hidden[:1], layers)
   for name in layers:
-    fan_in = int(_get(block_params, name)['kernel'].shape[0])
+    fan_in = views[name].fan_in
     stats[name] = layerwise.LayerStats(
         jnp.zeros((fan_in,), jnp.float32),
         jnp.zeros((fan_in, fan_in) if need_xtx else (0, 0), jnp.float32),
@@ -124,7 +141,7 @@ def _block_stats(block, block_params, hidden, layers, need_xtx, batch_size):
   for i in range(0, len(hidden), batch_size):
     stats = _accumulate(block, block_params, hidden[i:i + batch_size], stats, layers=layers,
                         need_xtx=need_xtx)
-  return stats
+  return stats, views
 
 
 def _block_outputs(block, block_params, hidden, batch_size):
@@ -150,9 +167,10 @@ def owl_sparsities(model, params, windows, sparsity: float, owl: Owl, *, layers=
   ratios = []
   for i in range(model.num_layers):
     block, block_params = _block(model, i), params[f'block_{i}']
-    stats = _block_stats(block, block_params, hidden, layers, False, batch_size)
-    scores = jnp.concatenate([layerwise.wanda_scores(_get(block_params, n)['kernel'],
-                                                     stats[n]).reshape(-1) for n in layers])
+    stats, views = _block_stats(block, block_params, hidden, layers, False, batch_size)
+    scores = jnp.concatenate([layerwise.wanda_scores(
+        views[n].to_matrix(_get(block_params, n)['kernel']), stats[n]).reshape(-1)
+        for n in layers])
     ratios.append(float(jnp.mean(scores > owl.m * jnp.mean(scores))))
     hidden = _block_outputs(block, block_params, hidden, batch_size)
   ratios = np.asarray(ratios)
@@ -169,7 +187,8 @@ def owl_sparsities(model, params, windows, sparsity: float, owl: Owl, *, layers=
 
 def _check(model, params, method, sparsity, n, m, owl, layers):
   if method not in oneshot.RULES:
-    raise ConfigError(f'One-shot method {method!r}; use one of: {", ".join(oneshot.RULES)}.')
+    raise ConfigError(f'method={method!r} is not a one-shot method; use one of: '
+                      f'{", ".join(oneshot.RULES)}.')
   if not (hasattr(model, 'embed') and hasattr(model, 'block')):
     raise ConfigError(f'{type(model).__name__} has no embed() and block(i): block-by-block '
                       'pruning needs them (models.Llama has them; use oneshot.prune otherwise).')
@@ -231,14 +250,16 @@ def prune(model, params: Any, windows, *, method: str, sparsity: float | None = 
   for i in range(model.num_layers):
     name, block = f'block_{i}', _block(model, i)
     block_params = params[name]
-    stats = (_block_stats(block, block_params, hidden, layers, method == 'sparsegpt',
-                          batch_size) if calibrate else None)
+    stats, views = (_block_stats(block, block_params, hidden, layers, method == 'sparsegpt',
+                                 batch_size) if calibrate else (None, None))
     for layer in layers:
       kernel = _get(block_params, layer)['kernel']
-      new, keep = rule(kernel, stats[layer] if calibrate else None, sparsities[i], n, m,
-                       block_size, damp)
-      _get(block_params, layer)['kernel'] = new
-      _get(masks[name], layer)['kernel'] = keep
+      view = views[layer] if calibrate else linear.KernelView(  # Magnitude: [*in, out].
+          tuple(kernel.shape), tuple(range(kernel.ndim)), kernel.ndim - 1)
+      new, keep = rule(view.to_matrix(kernel), stats[layer] if calibrate else None,
+                       sparsities[i], n, m, block_size, damp)
+      _get(block_params, layer)['kernel'] = view.from_matrix(new)
+      _get(masks[name], layer)['kernel'] = view.from_matrix(keep)
     del stats  # The block's X^T X go before the next block's are made.
     if calibrate and i + 1 < model.num_layers:
       hidden = _block_outputs(block, block_params, hidden, batch_size)
