@@ -107,7 +107,9 @@ def markdown(rows: list[dict[str, Any]], dense: float) -> list[str]:
     return []
   keys = [k for r in rows for k in r.get('latency', {})]
   keys = list(dict.fromkeys(keys))
+  recover = any('recovered_perplexity' in r for r in rows)
   head = ('| variant | removed | kv heads / MLP units per block | params | perplexity | x dense |'
+          + (' recovered |' if recover else '')
           + ''.join(f' {k.replace("_", " ")} ms (speed-up) |' for k in keys))
   lines = ['', 'Structured (removed physically; ms per call, or per token when decoding; speed-up '
            '= dense / variant, paired rounds):', '', head, '|' + '---|' * (head.count('|') - 1)]
@@ -115,6 +117,8 @@ def markdown(rows: list[dict[str, Any]], dense: float) -> list[str]:
     shape = f'{sorted(set(r["kv_heads_per_layer"]))} / {sorted(set(r["mlp_dims_per_layer"]))}'
     cells = [r['variant'], f'{r["sparsity"]:.1%} of block params', shape, f'{r["params"]:,}',
              f'{r["perplexity"]:.2f}', f'{r["perplexity"] / dense:.2f}']
+    if recover:
+      cells.append(f'{r["recovered_perplexity"]:.2f}' if 'recovered_perplexity' in r else '-')
     for k in keys:
       f = r.get('latency', {}).get(k)
       cells.append(f'{f["ms"]:.0f} ({f["speedup"]:.2f}x)' if f else '-')

@@ -212,11 +212,11 @@ def markdown(results: dict[str, Any]) -> str:
   head = '| variant | pattern | sparsity | perplexity | x dense |' + (
       ' recovered |' if recover else '') + ' prune s |'
   lines = [f'Dense perplexity {dense:.2f} on {results["dense"]["tokens"]} tokens '
-           f'(context {results["dense"]["context"]}, stride {results["dense"]["stride"]}).', '',
-           head, '|' + '---|' * (head.count('|') - 1)]
-  for r in results['rows']:
-    if 'kv_heads_per_layer' in r:
-      continue  # In the structured table below.
+           f'(context {results["dense"]["context"]}, stride {results["dense"]["stride"]}).']
+  one_shot = [r for r in results['rows'] if 'kv_heads_per_layer' not in r]  # Others: below.
+  if one_shot:
+    lines += ['', head, '|' + '---|' * (head.count('|') - 1)]
+  for r in one_shot:
     cells = [r['variant'], r['pattern'], f'{r["sparsity"]:.1%}', f'{r["perplexity"]:.2f}',
              f'{r["perplexity"] / dense:.2f}']
     if recover:
