@@ -55,3 +55,18 @@ def tiny_config(idx_dir, tfds_dir):
   config.data.idx_dir = idx_dir
   config.data.tfds_data_dir = tfds_dir
   return config
+
+
+@pytest.fixture(scope='session')
+def dense_dir(idx_dir, tfds_dir, tmp_path_factory) -> str:
+  """A finished dense run of configs/tiny.py (hidden 32, 16) on the generated data: where the
+  pruning tests (test_compress*, with `prune.dense_dir`) start from."""
+  from bigmodel_jax import training
+  from configs import tiny
+  config = tiny.get_config()
+  config.data.idx_dir, config.data.tfds_data_dir = idx_dir, tfds_dir
+  config.model.hidden_sizes = (32, 16)
+  config.write_plot = False
+  workdir = str(tmp_path_factory.mktemp('dense'))
+  training.train_and_evaluate(config, workdir)
+  return workdir

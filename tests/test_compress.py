@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import damage
 import jax
 import numpy as np
 import pytest
@@ -33,13 +34,6 @@ def _prune_config(idx_dir, tfds_dir):
   return config
 
 
-@pytest.fixture(scope='module')
-def dense_dir(idx_dir, tfds_dir, tmp_path_factory):
-  """A finished dense tiny run, shared by the tests that start from one."""
-  from bigmodel_jax import training
-  workdir = str(tmp_path_factory.mktemp('dense'))
-  training.train_and_evaluate(_prune_config(idx_dir, tfds_dir), workdir)
-  return workdir
 
 
 @pytest.fixture
@@ -47,17 +41,8 @@ def prune_config(idx_dir, tfds_dir):
   return _prune_config(idx_dir, tfds_dir)
 
 
-def _largest_file(folder):
-  files = [os.path.join(root, n) for root, _, names in os.walk(folder) for n in names]
-  return max(files, key=os.path.getsize)
 
 
-def _flip_middle_byte(path):
-  with open(path, 'r+b') as f:
-    f.seek(os.path.getsize(path) // 2)
-    byte = f.read(1)
-    f.seek(-1, os.SEEK_CUR)
-    f.write(bytes([byte[0] ^ 0x10]))
 
 
 def test_sweep_end_to_end(prune_config, tmp_path, caplog):
@@ -100,7 +85,8 @@ def test_sweep_end_to_end(prune_config, tmp_path, caplog):
   assert [r['test_accuracy'] for r in again['rows']] == \
       [r['test_accuracy'] for r in results['rows']]
   # A damaged pruned checkpoint (flipped bits in its params) is set aside and pruned again.
-  _flip_middle_byte(_largest_file(os.path.join(workdir, glob['dir'], 'pruned', '0', 'state')))
+  pruned = os.path.join(workdir, glob['dir'], 'pruned', '0', 'state')
+  damage.flip_middle_byte(damage.largest_file(pruned))
   os.remove(row_path)
   with caplog.at_level(logging.WARNING):
     repaired = compress.run(prune_config, workdir)
@@ -240,7 +226,7 @@ def test_a_damaged_dense_dir_is_refused_in_one_sentence(prune_config, dense_dir,
   shutil.copytree(dense_dir, copy)
   ckpt_dir = os.path.join(copy, 'checkpoints')
   last = max(int(n) for n in os.listdir(ckpt_dir) if n.isdigit())
-  _flip_middle_byte(_largest_file(os.path.join(ckpt_dir, str(last), 'state')))
+  damage.flip_middle_byte(damage.largest_file(os.path.join(ckpt_dir, str(last), 'state')))
   prune_config.prune.dense_dir = copy
   with pytest.raises(CheckpointDamagedError, match=f'The checkpoint step {last} in .* is damaged '
                      r'\(state/.* \(its bytes changed\)\): re-run the command that wrote it'):

@@ -26,12 +26,6 @@ def _config(idx_dir, tfds_dir):
   return config
 
 
-@pytest.fixture(scope='module')
-def dense_dir(idx_dir, tfds_dir, tmp_path_factory):
-  from bigmodel_jax import training
-  workdir = str(tmp_path_factory.mktemp('dense'))
-  training.train_and_evaluate(_config(idx_dir, tfds_dir), workdir)
-  return workdir
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import logging
 import os
 
 import chex
+import damage
 import jax
 import numpy as np
 import optax
@@ -46,23 +47,16 @@ def _garble(path):
     f.write(np.random.default_rng(0).bytes(size // 2))
 
 
-def _flip(path):
-  """Flips a few bits in the middle: the file keeps its size and (often) still decodes."""
-  with open(path, 'r+b') as f:
-    f.seek(os.path.getsize(path) // 2)
-    byte = f.read(1)
-    f.seek(-1, os.SEEK_CUR)
-    f.write(bytes([byte[0] ^ 0x10]))
 
 
 DAMAGE = {  # name: (file of the step to damage, how)
     'array data truncated': (_biggest_data_file, _truncate),
     'array data garbled': (_biggest_data_file, _garble),
-    'array data with flipped bits': (_biggest_data_file, _flip),
+    'array data with flipped bits': (_biggest_data_file, damage.flip_middle_byte),
     'array data deleted': (_biggest_data_file, os.remove),
     'state/_METADATA truncated': (lambda d: os.path.join(d, 'state', '_METADATA'), _truncate),
     'meta JSON truncated': (lambda d: os.path.join(d, 'meta', 'metadata'), _truncate),
-    'meta JSON edited': (lambda d: os.path.join(d, 'meta', 'metadata'), _flip),
+    'meta JSON edited': (lambda d: os.path.join(d, 'meta', 'metadata'), damage.flip_middle_byte),
 }
 
 
@@ -122,7 +116,7 @@ def test_a_damaged_newest_step_falls_back_with_a_warning(name, tmp_path, caplog)
 def test_no_intact_step_is_one_clear_sentence(tmp_path):
   ckpt = _two_steps(tmp_path)
   _truncate(_biggest_data_file(ckpt.step_dir(2)))
-  _flip(os.path.join(ckpt.step_dir(1), 'meta', 'metadata'))
+  damage.flip_middle_byte(os.path.join(ckpt.step_dir(1), 'meta', 'metadata'))
   with pytest.raises(CheckpointDamagedError, match=r'Every checkpoint in .*ck is damaged \(step '
                      r'2: state/.* \(truncated\); step 1: meta/metadata \(its bytes changed\)\)'):
     ckpt.latest_intact_step()
@@ -160,7 +154,7 @@ def test_a_run_with_a_damaged_newest_step_resumes_from_the_intact_one(tiny_confi
   expected = _final_arrays(workdir)
   ckpt_dir = os.path.join(workdir, 'checkpoints')
   last = str(first['steps'])
-  _flip(_biggest_data_file(os.path.join(ckpt_dir, last)))
+  damage.flip_middle_byte(_biggest_data_file(os.path.join(ckpt_dir, last)))
   with caplog.at_level(logging.WARNING):
     again = training.train_and_evaluate(tiny_config, workdir)
   assert f'step {last}: state/' in caplog.text and 'its bytes changed' in caplog.text

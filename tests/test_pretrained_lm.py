@@ -4,6 +4,7 @@ import json
 import logging
 import os
 
+import damage
 import numpy as np
 import pytest
 
@@ -57,17 +58,8 @@ def _config(folders, tmp_path):
   return config
 
 
-def _largest_file(folder):
-  files = [os.path.join(root, n) for root, _, names in os.walk(folder) for n in names]
-  return max(files, key=os.path.getsize)
 
 
-def _flip_middle_byte(path):
-  with open(path, 'r+b') as f:
-    f.seek(os.path.getsize(path) // 2)
-    byte = f.read(1)
-    f.seek(-1, os.SEEK_CUR)
-    f.write(bytes([byte[0] ^ 0x10]))
 
 
 def test_workflow_runs_resumes_and_exports(folders, tmp_path, caplog):
@@ -100,7 +92,7 @@ def test_workflow_runs_resumes_and_exports(folders, tmp_path, caplog):
   for phase in ('pruned', 'recovered'):
     folder = os.path.join(workdir, 'magnitude_0.5', phase)
     step = max(int(n) for n in os.listdir(folder) if n.isdigit())
-    _flip_middle_byte(_largest_file(os.path.join(folder, str(step), 'state')))
+    damage.flip_middle_byte(damage.largest_file(os.path.join(folder, str(step), 'state')))
   os.remove(os.path.join(workdir, 'magnitude_0.5', 'row.json'))
   with caplog.at_level(logging.WARNING):
     repaired = pretrained_lm.run(config, workdir)
