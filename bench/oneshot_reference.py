@@ -45,7 +45,6 @@ import importlib.util
 import io
 import json
 import os
-import platform
 import sys
 import time
 import types
@@ -104,6 +103,7 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 
 sys.path.insert(0, REPO)
+from bench import startup  # noqa: E402
 from bigmodel_jax import config as config_lib  # noqa: E402
 from bigmodel_jax import perplexity, pretrained  # noqa: E402
 from bigmodel_jax.compress import pretrained_lm  # noqa: E402
@@ -112,22 +112,12 @@ from configs import smollm2_prune  # noqa: E402
 
 
 def machine() -> dict:
-  """CPU model and SIMD flags, cores, load, versions, thread settings."""
-  cpu, flags = platform.processor(), []
-  with contextlib.suppress(OSError), open('/proc/cpuinfo') as f:
-    for line in f:
-      if line.startswith('model name') and not cpu.strip():
-        cpu = line.split(':', 1)[1].strip()
-      if line.startswith('flags') and not flags:
-        flags = line.split(':', 1)[1].split()
-  return {'cpu': cpu, 'simd_flags': [f for f in flags if f.startswith(('avx', 'fma', 'amx'))],
-          'cores': os.cpu_count(), 'load_average': os.getloadavg(),
-          'date_utc': time.strftime('%Y-%m-%d %H:%M', time.gmtime()),
-          'versions': {'python': platform.python_version(), 'numpy': np.__version__,
-                       'jax': jax.__version__, 'torch': torch.__version__,
-                       'transformers': transformers.__version__},
-          'xla_flags': os.environ.get('XLA_FLAGS', ''), 'jax_devices': str(jax.devices()),
-          'cpu_affinity': sorted(os.sched_getaffinity(0)),
+  """bench/startup.py's machine record (CPU model, SIMD flags, cores, load, versions), plus
+  transformers' version and this run's thread settings."""
+  info = startup.machine()
+  info['versions']['transformers'] = transformers.__version__
+  return {**info, 'xla_flags': os.environ.get('XLA_FLAGS', ''),
+          'jax_devices': str(jax.devices()), 'cpu_affinity': sorted(os.sched_getaffinity(0)),
           'torch_threads_prune': ARGS.torch_threads, 'torch_threads_eval': ARGS.eval_threads}
 
 
