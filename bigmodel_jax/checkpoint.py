@@ -70,6 +70,12 @@ class Checkpointer:
     self._unrecorded.append(step)
     self._record(in_flight=step if self._async else None)
 
+  def delete_all(self) -> None:
+    """Removes every step (a phase whose settings changed starts afresh)."""
+    for step in self.all_steps():
+      self._manager.delete(step)
+    self._manager.reload()
+
   def step_dir(self, step: int) -> str:
     return os.path.join(self.directory, str(step))
 

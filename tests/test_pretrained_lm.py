@@ -58,8 +58,25 @@ def _config(folders, tmp_path):
   return config
 
 
-
-
+def test_changed_settings_recompute_what_depends_on_them(folders, tmp_path):
+  config = _config(folders, tmp_path)
+  config.prune.variants, config.recover.steps, config.export = ('wanda/2:4',), 2, False
+  workdir = str(tmp_path / 'run')
+  first = pretrained_lm.run(config, workdir)['rows'][0]
+  fresh = lambda name: pretrained_lm.run(config, str(tmp_path / name))['rows'][0]
+  drop = lambda row: {k: v for k, v in row.items() if k != 'prune_seconds'}
+  # Other calibration windows: pruned (and recovered) again, as a fresh run is.
+  config.calibration.seed = 1
+  changed = pretrained_lm.run(config, workdir)['rows'][0]
+  assert changed['perplexity'] != first['perplexity']
+  assert drop(changed) == drop(fresh('fresh_seed'))
+  # Another fine-tune rate: the pruned weights are read back (the same pruning time, from
+  # their record), the fine-tune is done again.
+  config.recover.learning_rate = 1e-3
+  relearned = pretrained_lm.run(config, workdir)['rows'][0]
+  assert relearned['prune_seconds'] == changed['prune_seconds']
+  assert relearned['recovered_perplexity'] != changed['recovered_perplexity']
+  assert drop(relearned) == drop(fresh('fresh_rate'))
 
 
 def test_workflow_runs_resumes_and_exports(folders, tmp_path, caplog):

@@ -52,19 +52,20 @@ def _keep(job, variant) -> tuple[dict | None, dict | None, float]:
   return keep_groups, keep_units, time.perf_counter() - start
 
 
-def prune(job, variant, directory: str) -> tuple[Llama, Any, dict[str, Any]]:
+def prune(job, variant, directory: str, fingerprint: str) -> tuple[Llama, Any, dict[str, Any]]:
   """(smaller model, its params, row fields) of a structured variant; the kept parts are read
-  back from `directory`/structure.json when an earlier run chose them."""
+  back from `directory`/structure.json when an earlier run chose them under the same settings
+  (`fingerprint`)."""
   if not isinstance(job.pre.model, Llama):
     raise ConfigError(f'prune.variants entry {variant.label!r}: structured variants need a '
                       f'Llama-family model; {job.pre.source} is {type(job.pre.model).__name__}.')
   path = os.path.join(directory, STRUCTURE)
   saved = report.read_json(path)  # None when missing or damaged: chosen again.
-  if saved is None:
+  if not isinstance(saved, dict) or saved.get('fingerprint') != fingerprint:
     keep_groups, keep_units, seconds = _keep(job, variant)
     as_lists = lambda keep: None if keep is None else {k: v.tolist() for k, v in keep.items()}
     saved = {'keep_groups': as_lists(keep_groups), 'keep_units': as_lists(keep_units),
-             'prune_seconds': seconds}
+             'prune_seconds': seconds, 'fingerprint': fingerprint}
     report.write_json(path, saved)
   as_arrays = lambda keep: None if keep is None else {k: np.asarray(v, bool)
                                                       for k, v in keep.items()}

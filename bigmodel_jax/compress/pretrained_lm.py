@@ -6,8 +6,9 @@ variant: prune one-shot, evaluate, optionally recover, export -> one results tab
 Resumable like the MLP sweep: the dense evaluation is WORKDIR/dense.json, each variant has its
 folder WORKDIR/<label>/ with an Orbax checkpoint of the pruned {params, masks} ('pruned'), of the
 recovered ones ('recovered', saved every `recover.checkpoint_every` steps), and its finished
-row.json; a killed run continues from the last of them. Every JSON, markdown and plot is
-written to a temporary name and renamed.
+row.json; a killed run continues from the last of them. Each of them records the settings it
+depends on (`*_SECTIONS` below): one saved under other settings is computed again. Every JSON,
+markdown and plot is written to a temporary name and renamed.
 
 Variants (`prune.variants`): '<method>/<target>' with method magnitude | wanda | sparsegpt |
 owl-wanda | owl-sparsegpt and target a sparsity (0.5) or an N:M pattern (2:4); or structured,
@@ -41,10 +42,30 @@ RESULTS_MD = 'results.md'
 PLOT = 'perplexity.png'
 
 
-def _fingerprint(config) -> str:
-  # What the figures depend on (not the variants list, the export or the sample text).
-  keys = {k: config[k].to_dict() for k in ('model', 'data', 'calibration', 'eval', 'recover')}
+# What each saved result depends on (never the variants list, the export or the sample text):
+# the dense perplexity, a variant's pruned weights (also its recovery's start), its recovery,
+# and its row (all of them).
+DENSE_SECTIONS = ('model', 'data', 'eval')
+PRUNE_SECTIONS = ('model', 'data', 'calibration', 'prune')
+RECOVER_SECTIONS = PRUNE_SECTIONS + ('recover',)
+ROW_SECTIONS = PRUNE_SECTIONS + ('eval', 'recover')
+
+
+def _fingerprint(config, sections=ROW_SECTIONS) -> str:
+  keys = {k: config[k].to_dict() for k in sections}
+  keys.get('prune', {}).pop('variants', None)
   return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _restorable_step(ckpt: checkpoint.Checkpointer, fingerprint: str, say) -> int | None:
+  """The newest intact step saved under the same settings; None (every step removed) when the
+  settings changed since, so the phase is computed again."""
+  latest = ckpt.latest_intact_step(discard_all=True)  # Damaged: computed again (warning).
+  if latest is not None and ckpt.restore_meta(latest).get('fingerprint') != fingerprint:
+    say(f'{ckpt.directory} was saved under other settings: computing it again')
+    ckpt.delete_all()
+    return None
+  return latest
 
 
 @dataclasses.dataclass
@@ -97,14 +118,17 @@ def _read_row(path: str, fingerprint: str) -> dict | None:
 def _prune(job: _Job, variant: LmVariant, directory: str):
   """(params, masks, meta) of a variant's one-shot prune, restored when saved earlier."""
   ckpt = checkpoint.Checkpointer(directory, async_save=False)
+  fingerprint = _fingerprint(job.config, PRUNE_SECTIONS)
   try:
     params = job.pre.params
     target = {'params': params, 'masks': pruning.ones_like(params)}
-    latest = ckpt.latest_intact_step(discard_all=True)  # Damaged: pruned again (warning).
+    latest = _restorable_step(ckpt, fingerprint,
+                              lambda line: logs.say(f'[{variant.label}] {line}'))
     if latest is not None:
       arrays, meta = ckpt.restore(latest, jax.tree.map(
           lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), target))
-      return arrays['params'], arrays['masks'], meta
+      return arrays['params'], arrays['masks'], {k: v for k, v in meta.items()
+                                                 if k != 'fingerprint'}
     c = job.config.calibration
     windows = sequential.calibration_windows(job.train_tokens, c.num, c.length, c.seed)
     owl = sequential.Owl(job.config.prune.owl_m, job.config.prune.owl_lam) \
@@ -116,7 +140,7 @@ def _prune(job: _Job, variant: LmVariant, directory: str):
         damp=job.config.prune.damp, log=lambda line: logs.say(f'[{variant.label}] {line}'))
     meta = {'prune_seconds': info['seconds'], 'block_sparsity': info.get('block_sparsity'),
             'outlier_ratio': info.get('outlier_ratio')}
-    ckpt.save(0, {'params': new, 'masks': masks}, meta)
+    ckpt.save(0, {'params': new, 'masks': masks}, {**meta, 'fingerprint': fingerprint})
     ckpt.wait()
     return new, masks, meta
   finally:
@@ -140,9 +164,10 @@ def _recover(job: _Job, model, params, masks, directory: str) -> tuple[Any, dict
 
   state = {'params': params, 'opt_state': tx.init(params)}
   ckpt = checkpoint.Checkpointer(directory, async_save=False, max_to_keep=1)
+  fingerprint = _fingerprint(job.config, RECOVER_SECTIONS)
   try:
     first, losses = 0, []
-    latest = ckpt.latest_intact_step(discard_all=True)  # None intact: fine-tuned again.
+    latest = _restorable_step(ckpt, fingerprint, logs.say)
     if latest is not None:
       state, meta = ckpt.restore(latest, jax.tree.map(
           lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state))
@@ -155,7 +180,8 @@ def _recover(job: _Job, model, params, masks, directory: str) -> tuple[Any, dict
       p, opt_state, loss = step(p, opt_state, jnp.asarray(batch))
       losses.append(float(loss))
       if (s + 1) % r.checkpoint_every == 0 or s + 1 == r.steps:
-        ckpt.save(s + 1, {'params': p, 'opt_state': opt_state}, {'losses': losses})
+        ckpt.save(s + 1, {'params': p, 'opt_state': opt_state},
+                  {'losses': losses, 'fingerprint': fingerprint})
         logs.say(f'recover: step {s + 1}/{r.steps}, loss {np.mean(losses[-50:]):.3f}')
     ckpt.wait()
     return p, {'recover_steps': r.steps, 'recover_final_loss': float(np.mean(losses[-50:]))}
@@ -175,7 +201,9 @@ def run_variant(job: _Job, variant: LmVariant) -> dict[str, Any]:
   os.makedirs(directory, exist_ok=True)
   say = lambda line: logs.say(f'[{variant.label}] {line}')
   if variant.structured:  # A smaller model: nothing masked.
-    model, params, meta = lm_structured.prune(job, variant, directory)
+    model, params, meta = lm_structured.prune(
+        job, variant, directory,
+        lm_structured.fingerprint(_fingerprint(job.config, PRUNE_SECTIONS), job.config))
     masks = pruning.ones_like(params)
   else:
     model, (params, masks, meta) = job.pre.model, _prune(job, variant,
@@ -298,9 +326,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     logs.say(f'Loaded {pre.source} ({params_count:,} params) in {time.perf_counter() - start:.1f}'
              f' s; {len(train_tokens):,} train tokens, {len(eval_tokens):,} held-out tokens')
     dense_path = os.path.join(workdir, 'dense.json')
-    dense = _read_row(dense_path, job.fingerprint)
+    dense_fingerprint = _fingerprint(config, DENSE_SECTIONS)
+    dense = _read_row(dense_path, dense_fingerprint)
     if dense is None:
-      dense = {**job.perplexity(pre.params, '[dense]'), 'fingerprint': job.fingerprint,
+      dense = {**job.perplexity(pre.params, '[dense]'), 'fingerprint': dense_fingerprint,
                'sample': _sample(job, pre.params)}
       report.write_json(dense_path, dense)
     logs.say(f'dense: perplexity {dense["perplexity"]:.2f} on {dense["tokens"]} tokens; says '
