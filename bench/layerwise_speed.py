@@ -22,7 +22,7 @@ git beside the current ones. Layers are Flax kernels [in, out] (torch weights [o
 calibration inputs correlated and of uneven scale like an LLM's.
 
 Each thread count runs in its own process (the thread settings must precede the imports): 1
-thread sets XLA_FLAGS='--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1' and
+thread sets XLA_FLAGS='--xla_cpu_multi_thread_eigen=false' and
 torch.set_num_threads(1); 2 threads leaves XLA at its default (all cores) and sets torch to 2;
 both set OPENBLAS_NUM_THREADS (jaxlib's LAPACK, hence our Cholesky, is scipy's OpenBLAS),
 OMP_NUM_THREADS and MKL_NUM_THREADS to the count. Everything is compiled and warmed up first;
@@ -46,9 +46,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, 'bench'))
 
-from startup import machine  # noqa: E402
+from startup import describe, machine  # noqa: E402
 
-ONE_THREAD_XLA = '--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1'
+ONE_THREAD_XLA = '--xla_cpu_multi_thread_eigen=false'
 OPS = ('stats', 'H^-1 factor', 'wanda 50%', 'wanda 2:4', 'sparsegpt 50%', 'sparsegpt 2:4')
 PEERS = ('old', 'new', 'reference')
 
@@ -356,9 +356,8 @@ def main():
     return
 
   info = machine()
-  load = ' '.join(f'{x:.1f}' for x in info['load_average'])
-  print(f"{info['date_utc']} UTC; {info['cpu']}, {info['cores']} cores, load {load}; "
-        f"SIMD {' '.join(info['simd_flags'])}")
+
+  print(describe(info))
   print('versions: ' + ', '.join(f'{k} {v}' for k, v in info['versions'].items()))
   print(f'flags: {vars(args)}')
   for repo in (args.sparsegpt_repo, args.wanda_repo):

@@ -42,7 +42,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bench.startup import machine  # noqa: E402
+from bench.startup import describe, machine  # noqa: E402
 from bigmodel_jax import logs, pretrained  # noqa: E402
 from bigmodel_jax.compress import latency  # noqa: E402
 from bigmodel_jax.errors import ConfigError  # noqa: E402
@@ -177,9 +177,7 @@ def main():
   logs.use_compilation_cache()
   began = time.perf_counter()
   info = machine()
-  print(f"{info['date_utc']} UTC | {info['cpu']} | {info['cores']} cores | load "
-        f"{' '.join(f'{x:.1f}' for x in info['load_average'])} | {' '.join(info['simd_flags'])}"
-        f" | jax {info['versions']['jax']}")
+  print(f"{describe(info)}; jax {info['versions']['jax']}")
   model, params, tokenizer, source = load(args.random)
   calibration, evals = tokens(tokenizer, model.vocab_size)
   groups, units = ls.calibration_scores(model, params, [calibration])

@@ -30,8 +30,8 @@ Each variant prunes a fresh copy (the original weights reloaded) with the refere
 pass, calibration forward included, evaluation excluded; wall and process CPU seconds (CPU / wall
 shows how many threads really worked). The whole process is pinned to `--cpus` (default one
 core, '0'); torch runs with `--torch_threads` (intra- and inter-op) and JAX with
-XLA_FLAGS='--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1' set before jax is
-imported (`--jax_threads=1`; no fake-device flag). Those flags alone do not hold XLA:CPU to one
+XLA_FLAGS='--xla_cpu_multi_thread_eigen=false' set before jax is
+imported (`--jax_threads=1`; no fake-device flag). That flag alone does not hold XLA:CPU to one
 thread (unpinned, our passes used 1.6-1.9 cores), hence the pinning. Our side includes its JIT
 compilation (no persistent compilation cache). Results go to `--out` after every variant, so a
 run stopped half way keeps what it finished. `--breakdown_blocks=N` times the phases of wanda
@@ -95,7 +95,7 @@ if ARGS.jax_threads == 1:  # Before jax is imported. Any inherited fake-device f
   _kept = [f for f in os.environ.get('XLA_FLAGS', '').split()
            if not f.startswith('--xla_force_host_platform_device_count')]
   os.environ['XLA_FLAGS'] = ' '.join(
-      _kept + ['--xla_cpu_multi_thread_eigen=false', 'intra_op_parallelism_threads=1'])
+      _kept + ['--xla_cpu_multi_thread_eigen=false'])
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -380,7 +380,7 @@ def breakdown(ref_prune, model, original, ours_model, ours_params, windows, bloc
     rule = jax.jit(oneshot.RULES[method], static_argnums=(2, 3, 4, 5, 6))
     for i in range(blocks):
       block, block_params = sequential._block(ours_model, i), ours_params[f'block_{i}']
-      stats_i, t, _ = _timed(functools.partial(
+      (stats_i, _), t, _ = _timed(functools.partial(
           sequential._block_stats, block, block_params, hidden, sequential.LAYERS,
           method == 'sparsegpt', 8))
       ours[f'block {i} stats pass'] = t
@@ -433,9 +433,7 @@ def main():
   torch.set_num_threads(ARGS.torch_threads)
   torch.set_num_interop_threads(ARGS.torch_threads)
   info = machine()
-  load = ' '.join(f'{x:.1f}' for x in info['load_average'])
-  print(f"{info['date_utc']} UTC; {info['cpu']}, {info['cores']} cores, load {load}; "
-        f"SIMD {' '.join(info['simd_flags'])}")
+  print(startup.describe(info))
   print('versions: ' + ', '.join(f'{k} {v}' for k, v in info['versions'].items()))
   print(f"threads: torch {ARGS.torch_threads} (prune, intra+inter-op), {ARGS.eval_threads} "
         f"(eval); XLA_FLAGS={info['xla_flags']!r}; jax devices {info['jax_devices']}; "

@@ -33,7 +33,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.sharding import AxisType, NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
-from startup import machine  # noqa: E402
+from startup import describe, machine  # noqa: E402
 
 from bigmodel_jax import pruning  # noqa: E402
 
@@ -115,9 +115,7 @@ def main():
                       help='also time the tree on one device')
   args = parser.parse_args()
   info = machine()
-  load = ' '.join(f'{x:.1f}' for x in info['load_average'])
-  print(f"{info['date_utc']} UTC; {info['cpu']}, {info['cores']} cores, load {load}; "
-        f"SIMD {' '.join(info['simd_flags'])}")
+  print(describe(info))
   print('versions: ' + ', '.join(f'{k} {v}' for k, v in info['versions'].items()))
   print(f'flags: {vars(args)}; XLA_FLAGS={os.environ["XLA_FLAGS"]}; devices {jax.device_count()}')
   rows, cols = _shape(args.weights, args.layers)

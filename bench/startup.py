@@ -67,6 +67,13 @@ def machine() -> dict:
           'versions': versions}
 
 
+def describe(info: dict) -> str:
+  """The one line every benchmark prints first: date, CPU, cores, load and SIMD flags."""
+  load = ' '.join(f'{x:.1f}' for x in info['load_average'])
+  return (f"{info['date_utc']} UTC; {info['cpu']}, {info['cores']} cores, load {load}; "
+          f"SIMD {' '.join(info['simd_flags'])}")
+
+
 # --- subprocess peers --------------------------------------------------------------------------
 def _env(repo: str, cache_dir: str | None) -> dict:
   env = dict(os.environ, PYTHONPATH=repo)
@@ -153,9 +160,7 @@ def main():
   if 'jax_before' in peers and not args.baseline_repo:
     parser.error('jax_before needs --baseline_repo')
   info = machine()
-  load = ' '.join(f'{x:.1f}' for x in info['load_average'])
-  print(f"{info['date_utc']} UTC; {info['cpu']}, {info['cores']} cores, load {load}; "
-        f"SIMD {' '.join(info['simd_flags'])}")
+  print(describe(info))
   print('versions: ' + ', '.join(f'{k} {v}' for k, v in info['versions'].items()))
   prepare([REPO] + ([args.baseline_repo] if 'jax_before' in peers else []))
   scratch = tempfile.mkdtemp(prefix='startup-xla-')
