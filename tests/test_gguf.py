@@ -29,8 +29,9 @@ TEXTS = ['The capital of France is', 'Hello world', 'héllo wörld — ünïcöd
 
 def _config(arch: str, **overrides):
   if arch == 'gpt2':  # transformers' GGUF loader keeps GPT-2's default n_positions, 1024.
-    return transformers.GPT2Config(vocab_size=VOCAB, n_positions=1024, n_embd=64, n_layer=2,
-                                   n_head=4, bos_token_id=0, eos_token_id=0, **overrides)
+    return transformers.GPT2Config(**{**dict(vocab_size=VOCAB, n_positions=1024, n_embd=64,
+                                             n_layer=2, n_head=4, bos_token_id=0,
+                                             eos_token_id=0), **overrides})
   kwargs = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                 bos_token_id=1, eos_token_id=2)
@@ -167,6 +168,47 @@ def test_transformers_gguf_loading_gives_the_same_tensors(tmp_path, tiny_tokeniz
     np.testing.assert_array_equal(theirs.pop('lm_head.weight'), ours[embedding])
   assert set(theirs) == set(ours)
   for name in ours:
+    np.testing.assert_array_equal(theirs[name], ours[name], err_msg=name)
+
+
+# Where a K-quant block keeps its float16 scales; its other bytes are small integers, each valid.
+K_QUANT_SCALES = {'Q2_K': (80, 82), 'Q3_K': (108,), 'Q4_K': (0, 2), 'Q5_K': (0, 2), 'Q6_K': (208,)}
+
+
+def _random_k_blocks(values, qtype):
+  """Random K-quant blocks for a matrix of `values`' shape (gguf cannot quantize to K-quants):
+  random bytes, with finite float16 scales."""
+  block, size = gguf.GGML_QUANT_SIZES[qtype]
+  count = values.size // block
+  rng = np.random.default_rng(values.size)
+  blocks = rng.integers(0, 256, (count, size), dtype=np.uint8)
+  for offset in K_QUANT_SCALES[qtype.name]:
+    scales = rng.uniform(1e-3, 1e-2, count).astype(np.float16)
+    blocks[:, offset:offset + 2] = scales.view(np.uint8).reshape(count, 2)
+  return blocks.reshape(*values.shape[:-1], values.shape[-1] // block * size)
+
+
+@pytest.mark.parametrize('dtype', sorted(K_QUANT_SCALES))
+@pytest.mark.parametrize('arch', ['llama', 'gpt2'])
+def test_k_quants_read_like_transformers(tmp_path, monkeypatch, tiny_tokenizer, arch, dtype):
+  """K-quant matrices (rows of whole 256-value blocks) read as transformers' GGUF loader reads
+  them: names, q/k un-permutation and transposes over K-quant tensors."""
+  quantize = gguf.quants.quantize
+  monkeypatch.setattr(gguf.quants, 'quantize', lambda values, qtype: _random_k_blocks(
+      values, qtype) if qtype.name in K_QUANT_SCALES else quantize(values, qtype))
+  wide = {'n_embd': 256} if arch == 'gpt2' else {'hidden_size': 256, 'intermediate_size': 512}
+  config = _config(arch, **wide)
+  path = _write(tmp_path, config, _model(config), tiny_tokenizer, dtype)
+  types = {t.ggml_type.name for t in gguf_container.open_file(path).tensors.values()}
+  assert dtype in types, types  # The matrices really are K-quants.
+  hf_config, ours = gguf_file.read(path)
+  theirs = {k: v.numpy() for k, v in _transformers_load(path).state_dict().items()
+            if not k.endswith(('.attn.bias', '.attn.masked_bias'))}
+  if hf_config['tie_word_embeddings']:
+    theirs.pop('lm_head.weight')
+  assert set(theirs) == set(ours)
+  for name in ours:
+    assert np.isfinite(ours[name]).all(), name
     np.testing.assert_array_equal(theirs[name], ours[name], err_msg=name)
 
 
