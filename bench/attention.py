@@ -91,7 +91,7 @@ def main():
     for chunk in (0, 64):
       module = GroupedQueryAttention(9, 3, 64, 100000.0, max_len=length, query_chunk=chunk)
       params = module.init(jax.random.PRNGKey(1), x[:, :8], positions[:8])
-      fn = jax.jit(lambda p, x, m=module: m.apply(p, x, positions))
+      fn = jax.jit(lambda p, x, m=module, at=positions: m.apply(p, x, at))
       outs[chunk] = fn(params, x)
       timers[f'query_chunk={chunk}'] = _timer(fn, params, x)
     diff = float(jnp.abs(outs[64] - outs[0]).max())
@@ -101,7 +101,7 @@ def main():
     for r in range(ARGS.rounds):
       for name in (list(timers) if r % 2 == 0 else list(timers)[::-1]):
         times[name].append(timers[name]())
-    ratios = [a / b for a, b in zip(times['query_chunk=0'], times['query_chunk=64'])]
+    ratios = [a / b for a, b in zip(times['query_chunk=0'], times['query_chunk=64'], strict=True)]
     row = {'batch': batch, 'length': length, 'max_abs_diff': diff,
            'median_ms': {n: 1e3 * statistics.median(t) for n, t in times.items()},
            'speedup_chunked': statistics.median(ratios)}
