@@ -52,6 +52,7 @@ def get_config():
   p.variants = ('magnitude/0.5', 'wanda/0.5', 'sparsegpt/0.5',
                 'magnitude/2:4', 'wanda/2:4', 'sparsegpt/2:4',
                 'magnitude/4:8', 'wanda/4:8', 'sparsegpt/4:8',
+                'owl-wanda/0.5', 'owl-sparsegpt/0.5',
                 'wanda/0.7', 'owl-wanda/0.7', 'sparsegpt/0.7', 'owl-sparsegpt/0.7',
                 'mlp/0.25', 'heads/0.33', 'mlp+heads/0.25')  # <method>/<sparsity, N:M or fraction removed>.
   p.block_size = 128  # SparseGPT: inputs per lazy-update block.
