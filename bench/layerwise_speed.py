@@ -356,7 +356,6 @@ def main():
     return
 
   info = machine()
-
   print(describe(info))
   print('versions: ' + ', '.join(f'{k} {v}' for k, v in info['versions'].items()))
   print(f'flags: {vars(args)}')

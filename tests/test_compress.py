@@ -34,15 +34,9 @@ def _prune_config(idx_dir, tfds_dir):
   return config
 
 
-
-
 @pytest.fixture
 def prune_config(idx_dir, tfds_dir):
   return _prune_config(idx_dir, tfds_dir)
-
-
-
-
 
 
 def test_sweep_end_to_end(prune_config, tmp_path, caplog):

@@ -26,8 +26,6 @@ def _config(idx_dir, tfds_dir):
   return config
 
 
-
-
 @pytest.fixture
 def config(idx_dir, tfds_dir, dense_dir):
   c = _config(idx_dir, tfds_dir)

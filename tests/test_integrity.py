@@ -47,8 +47,6 @@ def _garble(path):
     f.write(np.random.default_rng(0).bytes(size // 2))
 
 
-
-
 DAMAGE = {  # name: (file of the step to damage, how)
     'array data truncated': (_biggest_data_file, _truncate),
     'array data garbled': (_biggest_data_file, _garble),

@@ -190,7 +190,6 @@ def test_llama_rejects_heads_that_do_not_group():
                                                           jnp.zeros((1, 2), jnp.int32))
 
 
-
 @pytest.mark.parametrize('length', [1, 7, 64, 96, 256])
 def test_attention_in_query_chunks_equals_one_product(length):
   # query_chunk=16: 256 tokens = 4 runs of 64 = 4 chunks each (lax.map); 96 = 4 runs of 24
@@ -203,6 +202,7 @@ def test_attention_in_query_chunks_equals_one_product(length):
     params = model.init(jax.random.PRNGKey(0), tokens[:, :2])['params']
     logits[chunk] = model.apply({'params': params}, tokens)
   np.testing.assert_allclose(logits[16], logits[0], atol=2e-6, rtol=0)
+
 
 def _hf_guide_perplexity(model, ids, context, stride):
   """The windows of Hugging Face's guide 'Perplexity of fixed-length models', on torch."""

@@ -157,7 +157,7 @@ def _causal_in_pieces(q, k, v, positions, chunk: int, dtype, pieces: int = _PIEC
   outs = [_attend_run(q[:, p * run:(p + 1) * run], k[:, :(p + 1) * run], v[:, :(p + 1) * run],
                       positions[p * run:(p + 1) * run], positions[:(p + 1) * run], chunk, dtype)
           for p in range(pieces)]
-  return jnp.concatenate(outs, 1) if len(outs) > 1 else outs[0]
+  return jnp.concatenate(outs, 1)
 
 
 def _attend_run(q, k, v, positions, key_positions, chunk: int, dtype):
